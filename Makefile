@@ -1,0 +1,42 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Both bootstrap the virtual environment (and, as root with apt, the Debian packages).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.stamp-install
+
+.PHONY: demo test lint typecheck pytest bench system clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Debian packages for the eBPF transport and its tests; a no-op when not root or without apt.
+system:
+	@bash scripts/bootstrap-system.sh
+
+-include bpf/bpf.mk
+
+demo: $(STAMP) system
+	$(PY) -m gossip demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check gossip tests bench
+	$(VENV)/bin/ruff format --check gossip tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy --strict gossip
+
+pytest: $(STAMP) system
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -p no:cacheprovider
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(PY) -m bench.crypto_cost
+	$(PY) -m bench.fuzz_decode
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

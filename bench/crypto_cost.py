@@ -1,0 +1,117 @@
+"""Per-packet CPU cost of the wire format and the crypto suite (issue 2's budget).
+
+Run: ``python -m bench.crypto_cost [--runs 7] [--n 20000]``. CPU time (``time.process_time``)
+per packet, median of ``runs`` repeats, all variants interleaved in each repeat so machine noise
+hits them alike. 512-byte payload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+from Crypto.Cipher import AES
+from Crypto.Hash import HMAC, SHA256
+
+from gossip.crypto import ClusterKey, Keyring, available_backends, generate_key
+from gossip.wire import Codec, PushMessage, new_message_key
+
+PAYLOAD = 512
+
+
+def naive_case() -> Callable[[], None]:
+    """The obvious construction: a new pycryptodome cipher per packet, pycryptodome's HMAC."""
+    enc_key, mac_key = os.urandom(32), os.urandom(32)
+    label = os.urandom(15)
+    body = os.urandom(16 + PAYLOAD)
+
+    def run() -> None:
+        iv = os.urandom(16)
+        pad = 16 - len(body) % 16
+        ct = AES.new(enc_key, AES.MODE_CBC, iv).encrypt(body + bytes([pad]) * pad)
+        h = HMAC.new(mac_key, digestmod=SHA256)
+        h.update(label + iv + ct)
+        dg = label + iv + ct + h.digest()[:16]
+        h = HMAC.new(mac_key, digestmod=SHA256)
+        h.update(dg[:-16])
+        h.hexverify(h.hexdigest())
+        plain = AES.new(enc_key, AES.MODE_CBC, dg[15:31]).decrypt(dg[31:-16])
+        assert plain[: -plain[-1]] == body
+
+    return run
+
+
+def suite_case(backend: str) -> Callable[[], None]:
+    """Our suite alone: seal (encrypt + MAC) and open (verify + decrypt)."""
+    key = ClusterKey(generate_key(), backend=backend)  # type: ignore[arg-type]
+    label = os.urandom(15)
+    body = os.urandom(16 + PAYLOAD)
+
+    def run() -> None:
+        assert key.open_untrusted(key.seal(label, body), 15) == body
+
+    return run
+
+
+def codec_case(backend: str | None) -> Callable[[], None]:
+    """A whole packet: encode + decode through the codec (label, body, seal/open, replay)."""
+    key = generate_key()
+    tx = Codec(Keyring(key, backend=backend) if backend else None)  # type: ignore[arg-type]
+    rx = Codec(Keyring(key, backend=backend) if backend else None)  # type: ignore[arg-type]
+    packet = PushMessage(new_message_key(), os.urandom(PAYLOAD))
+    encode, decode = tx.encode, rx.decode_untrusted
+    assert decode(encode(packet, 1.0e9), 1.0e9) == packet  # checked once, outside the timing
+
+    clock = itertools.count(1.0e9, 1e-3)
+
+    def run() -> None:
+        # A clock 1 ms per packet: the replay table sees a steady stream, as in real traffic.
+        now = next(clock)
+        decode(encode(packet, now), now)
+
+    return run
+
+
+def measure(cases: dict[str, Callable[[], None]], runs: int, n: int) -> dict[str, float]:
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(runs):
+        for name, fn in cases.items():  # interleaved: noise hits every case alike
+            t0 = time.process_time()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.process_time() - t0) / n * 1e6)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--n", type=int, default=20000)
+    args = parser.parse_args()
+    cases: dict[str, Callable[[], None]] = {
+        "naive (new AES object + pycryptodome HMAC)": naive_case()
+    }
+    for backend in available_backends():
+        cases[f"suite seal+open, {backend}"] = suite_case(backend)
+    for backend in available_backends():
+        cases[f"codec encode+decode sealed, {backend}"] = codec_case(backend)
+    cases["codec encode+decode plain (label + packet)"] = codec_case(None)
+    result = measure(cases, args.runs, args.n)
+    naive = result["naive (new AES object + pycryptodome HMAC)"]
+    print(
+        f"# {platform.node()} {platform.python_version()} {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, payload {PAYLOAD} B, median of {args.runs} x {args.n}, CPU time"
+    )
+    print(f"| {'case':<46} | us/packet | vs naive |")
+    print(f"|{'-' * 48}|-----------|----------|")
+    for name, us in result.items():
+        print(f"| {name:<46} | {us:9.2f} | {us / naive:7.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""Transports: how datagrams move between gossip nodes."""
+
+from gossip.transport.base import Address, Transport, TransportStatistics
+
+__all__ = ["Address", "Transport", "TransportStatistics"]

@@ -1,0 +1,171 @@
+"""Encoding and decoding of the label and the five packets."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gossip.crypto import Keyring
+from gossip.errors import DecryptError, LocalProtocolError, MalformedPacket
+from gossip.wire import (
+    DEFAULT_MAX_DATAGRAM,
+    LABEL_SIZE,
+    MAGIC_VERSION,
+    MAX_DATAGRAM_LIMIT,
+    Codec,
+    Packet,
+    PacketType,
+    PullRequest,
+    PullResponse,
+    PullSync,
+    PushAck,
+    PushMessage,
+    decode_untrusted,
+    encode,
+    new_message_key,
+)
+
+from .strategies import mutations, packets
+
+KEY = bytes(range(16))
+
+
+def test_label_layout() -> None:
+    dg = encode(PushAck(KEY), now=1.5)
+    assert dg[0] == MAGIC_VERSION
+    assert dg[1] == PacketType.PUSH_ACK
+    assert dg[2] == 0x00  # plain text
+    assert dg[3:7] == b"\0\0\0\0"  # no key id in plain text
+    assert int.from_bytes(dg[7:15], "big") == 1500  # ms
+    assert dg[LABEL_SIZE:] == KEY
+
+
+@pytest.mark.parametrize(
+    ("packet", "ptype", "body"),
+    [
+        (PushMessage(KEY, b"hi"), 1, KEY + b"hi"),
+        (PushAck(KEY), 2, KEY),
+        (PullSync((KEY, KEY[::-1])), 3, KEY + KEY[::-1]),
+        (PullRequest((KEY,)), 4, KEY),
+        (PullResponse(KEY, b""), 5, KEY),
+    ],
+)
+def test_exact_bytes(packet: Packet, ptype: int, body: bytes) -> None:
+    dg = encode(packet)
+    assert dg == bytes([MAGIC_VERSION, ptype, 0, 0, 0, 0, 0]) + bytes(8) + body
+    assert decode_untrusted(dg) == packet
+
+
+@given(packets)
+def test_round_trip_plain(packet: Packet) -> None:
+    assert decode_untrusted(encode(packet)) == packet
+
+
+@given(packets, st.floats(0, 2e9))
+def test_round_trip_sealed(packet: Packet, now: float) -> None:
+    key = bytes(32)
+    sender = Codec(Keyring(key), max_datagram=MAX_DATAGRAM_LIMIT)
+    receiver = Codec(Keyring(key), max_datagram=MAX_DATAGRAM_LIMIT)
+    assert receiver.decode_untrusted(sender.encode(packet, now), now) == packet
+
+
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes_raise_only_our_errors(data: bytes) -> None:
+    for codec in (Codec(max_datagram=MAX_DATAGRAM_LIMIT), Codec(Keyring(bytes(32)))):
+        try:
+            codec.decode_untrusted(data, 0.0)
+        except (MalformedPacket, DecryptError):
+            pass
+
+
+@given(st.data())
+def test_mutated_plain_packets_raise_only_our_errors(data: st.DataObject) -> None:
+    dg = encode(data.draw(packets))
+    bad = data.draw(mutations(dg))
+    try:
+        packet = decode_untrusted(bad)
+    except (MalformedPacket, DecryptError):
+        return
+    # A plain-text mutation may parse; then it must re-encode to itself (no silent slack),
+    # the timestamp aside (the plain codec does not check it).
+    again = encode(packet)
+    assert (again[:7], again[15:]) == (bad[:7], bad[15:])
+
+
+@pytest.mark.parametrize(
+    ("datagram", "reason"),
+    [
+        (b"", "truncated"),
+        (b"\xa1\x01", "truncated"),
+        (bytes([0xA2, 1, 0]) + bytes(12) + KEY, "version"),
+        (bytes([MAGIC_VERSION, 0, 0]) + bytes(12) + KEY, "type"),
+        (bytes([MAGIC_VERSION, 6, 0]) + bytes(12) + KEY, "type"),
+        (bytes([MAGIC_VERSION, 1, 0]) + bytes(12) + KEY[:15], "body"),
+        (bytes([MAGIC_VERSION, 2, 0]) + bytes(12) + KEY + b"x", "body"),
+        (bytes([MAGIC_VERSION, 3, 0]) + bytes(12), "body"),
+        (bytes([MAGIC_VERSION, 4, 0]) + bytes(12) + KEY + b"x", "body"),
+        (bytes([MAGIC_VERSION, 1, 1]) + bytes(12) + KEY, "encryption"),
+        (bytes([MAGIC_VERSION, 1, 0, 0, 0, 0, 9]) + bytes(8) + KEY, "label"),
+    ],
+)
+def test_malformed_reasons(datagram: bytes, reason: str) -> None:
+    with pytest.raises((MalformedPacket, DecryptError)) as info:
+        Codec().decode_untrusted(datagram, 0.0)
+    assert info.value.reason == reason
+
+
+def test_oversize_rejected() -> None:
+    codec = Codec(max_datagram=200)
+    dg = encode(PushMessage(KEY, bytes(300)))
+    with pytest.raises(MalformedPacket) as info:
+        codec.decode_untrusted(dg, 0.0)
+    assert info.value.reason == "oversize"
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+@pytest.mark.parametrize("limit", [128, 512, DEFAULT_MAX_DATAGRAM, 9000, MAX_DATAGRAM_LIMIT])
+def test_max_payload_is_exact(encrypted: bool, limit: int) -> None:
+    codec = Codec(Keyring(bytes(32)) if encrypted else None, max_datagram=limit)
+    biggest = codec.encode(PushMessage(KEY, bytes(codec.max_payload())), 0.0)
+    assert len(biggest) <= limit
+    assert len(biggest) > limit - 16  # within a block: the bound is tight
+    with pytest.raises(LocalProtocolError, match=f"{limit}-byte datagram"):
+        codec.encode(PushMessage(KEY, bytes(codec.max_payload() + 1)), 0.0)
+    keys = tuple(bytes([i % 256]) * 16 for i in range(codec.max_keys()))
+    assert len(codec.encode(PullSync(keys), 0.0)) <= limit
+    with pytest.raises(LocalProtocolError):
+        codec.encode(PullSync((*keys, KEY)), 0.0)
+
+
+def test_default_limits() -> None:
+    assert Codec().max_datagram == 1400
+    assert Codec(Keyring(bytes(32))).max_payload() == 1327
+
+
+@pytest.mark.parametrize("limit", [0, 127, 65508, 1400.0, "1400"])
+def test_bad_limit_is_local_error(limit: object) -> None:
+    with pytest.raises(LocalProtocolError, match="max_datagram"):
+        Codec(max_datagram=limit)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        PushMessage(b"short", b""),
+        PushAck(KEY + b"x"),
+        PullSync(()),
+        PullRequest((KEY, b"")),
+        PullResponse(KEY, "text"),  # type: ignore[arg-type]
+        "not a packet",
+    ],
+)
+def test_encoding_misuse_is_local_error(packet: Packet) -> None:
+    with pytest.raises(LocalProtocolError):
+        encode(packet)
+
+
+def test_message_keys_are_128_random_bits() -> None:
+    keys = {new_message_key() for _ in range(10_000)}
+    assert len(keys) == 10_000
+    assert all(len(k) == 16 for k in keys)
