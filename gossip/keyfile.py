@@ -50,8 +50,8 @@ def read_key_file(path: str | os.PathLike[str], *, backend: Backend = "auto") ->
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise LocalProtocolError(f"key file {path} is readable by others; chmod 600 it")
     keys = []
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
         if not line:
             continue
         try:

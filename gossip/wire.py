@@ -17,9 +17,12 @@ label covered by the MAC). Bodies::
     PullRequest  0x04   key (16) * n, n >= 1
     PullResponse 0x05   key (16) | data
 
-Message keys are 128 random bits from :mod:`secrets`: unpredictable (go-gossip's time-seeded
-keys were not) and, by the birthday bound, a collision among 10**12 messages has probability
-below 2**-48, so a key names one message forever.
+A message key is 16 bytes: the origin's clock in milliseconds (6 bytes) and 80 random bits from
+:mod:`secrets`. The random part makes keys unpredictable (go-gossip's time-seeded keys were not)
+and unique (two keys collide only if made in the same millisecond *and* their 80 random bits
+match). The time part gives every message an age that every node can read, so nodes refuse,
+stop advertising and forget a message after a TTL: the set of seen keys is bounded, and a message
+can never be delivered twice after its key was forgotten.
 
 Everything that parses bytes from the network is named ``*_untrusted`` and raises only
 :class:`~gossip.errors.MalformedPacket` or :class:`~gossip.errors.DecryptError`.
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import secrets
 import struct
+import time
 from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, Final
@@ -56,6 +60,7 @@ __all__ = [
     "PushMessage",
     "decode_untrusted",
     "encode",
+    "key_timestamp_ms",
     "new_message_key",
 ]
 
@@ -129,9 +134,16 @@ class PullResponse:
 Packet = PushMessage | PushAck | PullSync | PullRequest | PullResponse
 
 
-def new_message_key() -> bytes:
-    """A fresh 128-bit message key from the OS CSPRNG."""
-    return secrets.token_bytes(MESSAGE_KEY_SIZE)
+def new_message_key(timestamp_ms: int | None = None) -> bytes:
+    """A fresh message key: ``timestamp_ms`` (default: now) in 6 bytes + 10 random bytes."""
+    if timestamp_ms is None:
+        timestamp_ms = time.time_ns() // 1_000_000
+    return (timestamp_ms & 0xFFFF_FFFF_FFFF).to_bytes(6, "big") + secrets.token_bytes(10)
+
+
+def key_timestamp_ms(key: bytes) -> int:
+    """The origin's clock, in ms since the epoch, when the message with ``key`` was made."""
+    return int.from_bytes(key[:6], "big")
 
 
 def _check_key(key: object) -> None:

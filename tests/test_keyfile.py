@@ -66,14 +66,3 @@ def test_force_overwrite_resets_mode(tmp_path: Path) -> None:
     key = write_key_file(path, force=True)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert read_key_file(path).primary.key_id == key_id_of(key)
-
-
-def test_demo_showcase_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as done:
-        main(["demo"])
-    assert done.value.code == 0
-    out = capsys.readouterr().out
-    assert "decoded ok: True" in out
-    assert "ACCEPTED" not in out
-    for reason in ("replay", "mac", "truncated", "encryption", "unknown-key"):
-        assert f"dropped: {reason}" in out

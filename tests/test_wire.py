@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,6 +26,7 @@ from gossip.wire import (
     PushMessage,
     decode_untrusted,
     encode,
+    key_timestamp_ms,
     new_message_key,
 )
 
@@ -73,10 +77,8 @@ def test_round_trip_sealed(packet: Packet, now: float) -> None:
 @given(st.binary(max_size=2000))
 def test_arbitrary_bytes_raise_only_our_errors(data: bytes) -> None:
     for codec in (Codec(max_datagram=MAX_DATAGRAM_LIMIT), Codec(Keyring(bytes(32)))):
-        try:
+        with contextlib.suppress(MalformedPacket, DecryptError):
             codec.decode_untrusted(data, 0.0)
-        except (MalformedPacket, DecryptError):
-            pass
 
 
 @given(st.data())
@@ -165,7 +167,8 @@ def test_encoding_misuse_is_local_error(packet: Packet) -> None:
         encode(packet)
 
 
-def test_message_keys_are_128_random_bits() -> None:
-    keys = {new_message_key() for _ in range(10_000)}
-    assert len(keys) == 10_000
-    assert all(len(k) == 16 for k in keys)
+def test_message_keys_carry_time_and_80_random_bits() -> None:
+    keys = {new_message_key(1_700_000_000_123) for _ in range(10_000)}
+    assert len(keys) == 10_000  # same millisecond, still distinct
+    assert all(len(k) == 16 and key_timestamp_ms(k) == 1_700_000_000_123 for k in keys)
+    assert abs(key_timestamp_ms(new_message_key()) - time.time() * 1000) < 5000

@@ -1,0 +1,36 @@
+"""Compatibility profiles: speaking other gossip libraries' wire formats.
+
+:mod:`gossip.compat.gogossip` is the go-gossip (HEAD) codec,
+:mod:`gossip.compat.gogossip_engine` its sans-IO engine, and
+:mod:`gossip.compat.legacy_cipher` go-gossip's AES-256-CBC, which has no integrity and is
+never used by the native suite. See ``docs/interop.md``.
+"""
+
+from gossip.compat.gogossip import (
+    MAX_DATAGRAM_SIZE,
+    MAX_VALUE_SIZE,
+    GoGossipPacket,
+    PullRequest,
+    PullResponse,
+    chunk_items,
+    decode_untrusted,
+    encode,
+)
+from gossip.compat.gogossip_engine import GoGossipEngine, GoGossipStatistics, Gossipiers
+from gossip.compat.legacy_cipher import LegacyGoGossipCipher, read_passphrase_file
+
+__all__ = [
+    "MAX_DATAGRAM_SIZE",
+    "MAX_VALUE_SIZE",
+    "GoGossipEngine",
+    "GoGossipPacket",
+    "GoGossipStatistics",
+    "Gossipiers",
+    "LegacyGoGossipCipher",
+    "PullRequest",
+    "PullResponse",
+    "chunk_items",
+    "decode_untrusted",
+    "encode",
+    "read_passphrase_file",
+]

@@ -1,0 +1,554 @@
+"""The push-pull gossip engine: sans-IO (no sockets, no clock reads, injected randomness).
+
+Inputs: :meth:`GossipEngine.receive` (a datagram, its source, ``now``), :meth:`~GossipEngine.push`
+(application data) and :meth:`~GossipEngine.handle_timer`. Outputs: :meth:`datagrams_to_send`,
+:meth:`pop_events` and :meth:`get_timer` (the next deadline). The same engine runs under the trio
+runtime, in the simulator and in hypothesis state machines.
+
+The rules (docs/protocol.md has the table):
+
+* ``push``: the origin caches its message and sends ``PushMessage`` to ``fanout`` peers drawn
+  uniformly without replacement from ``discovery.gossipiers()``.
+* First receipt of a message (push or pull): cache it, deliver it, ``PushAck`` the pusher, and
+  forward it once to ``fanout`` random peers other than the sender (one encryption shared by
+  the fan-out). A duplicate gets no ACK and is not forwarded.
+* Every push round collects ACKs. Without a real majority (``acks > sent / 2``) by the ACK
+  deadline, the key goes into a ``PullSync`` digest to ``fanout + 2`` peers not known to hold it;
+  a peer lacking it answers ``PullRequest``; the holder answers ``PullResponse``.
+* Anti-entropy: every ``sync_interval`` (jittered) a ``PullSync`` of recent keys goes to one
+  random peer. This is what brings delivery to 100 % under loss and to late joiners.
+* Message keys carry their birth time: a message older than ``message_ttl`` is neither accepted,
+  advertised nor forwarded, and its key is forgotten ``max_clock_skew`` later. Hence the seen
+  set is bounded and nothing can be delivered twice.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Sequence, Set
+from typing import Final
+
+import attrs
+from cachetools import LRUCache
+
+from gossip.crypto import Keyring, ReplayGuard
+from gossip.discovery.base import Discovery
+from gossip.errors import LocalProtocolError, RemoteProtocolError
+from gossip.events import Event, MessageDelivered, Outgoing, PacketDropped
+from gossip.transport.base import Address
+from gossip.wire import (
+    DEFAULT_MAX_DATAGRAM,
+    MAX_DATAGRAM_LIMIT,
+    MIN_DATAGRAM_LIMIT,
+    Codec,
+    PullRequest,
+    PullResponse,
+    PullSync,
+    PushAck,
+    PushMessage,
+    key_timestamp_ms,
+    new_message_key,
+)
+
+__all__ = ["EngineStatistics", "GossipConfig", "GossipEngine"]
+
+#: Bytes charged per cached message on top of its payload (key, entry and LRU bookkeeping), so
+#: that ``cache_bytes`` bounds real memory even for empty payloads.
+CACHE_ENTRY_OVERHEAD: Final = 200
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not isinstance(value, int | float) or not value > 0:
+        raise LocalProtocolError(f"{attribute.name} must be a positive number, got {value!r}")
+
+
+def _count(minimum: int) -> Callable[[object, attrs.Attribute[int], int], None]:
+    def check(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise LocalProtocolError(f"{attribute.name} must be an integer >= {minimum}")
+
+    return check
+
+
+@attrs.frozen
+class GossipConfig:
+    """Protocol parameters; every field is validated (``LocalProtocolError`` on nonsense).
+
+    Attributes:
+        fanout: peers per push round (the design card's GossipNumber).
+        ack_timeout: the longest a push round waits for its ACKs before the pull fallback.
+        adaptive_ack: wait ``max(min_ack_timeout, 4 x smoothed ACK round-trip)`` instead, capped
+            by ``ack_timeout``: on a LAN the fallback starts in milliseconds, not 300 ms.
+        min_ack_timeout: floor of the adaptive ACK wait.
+        sync_interval: mean time between anti-entropy digests.
+        sync_jitter: the interval is drawn from ``sync_interval * (1 +- sync_jitter)`` so that
+            nodes started together do not sync in lockstep.
+        cache_entries: messages kept for pulls (the design card's MessageCacheSize).
+        cache_bytes: bound of the cache in bytes (payload + 200 bytes per entry).
+        message_ttl: a message older than this is refused, no longer advertised or forwarded.
+        max_clock_skew: tolerated difference between nodes' clocks.
+        seen_capacity: keys remembered for deduplication; past it, the oldest is forgotten and
+            messages older than it are refused (never delivered twice).
+        max_datagram: largest datagram sent or accepted (default 1400: no IP fragmentation).
+        replay_window: sealed packets whose timestamp is further from our clock are refused.
+        replay_capacity: packet tags remembered by the replay guard.
+        amplification_limit: answers to an unauthenticated peer we do not know are at most this
+            many times the size of its request (no reflection amplification).
+    """
+
+    fanout: int = attrs.field(default=3, validator=_count(1))
+    ack_timeout: float = attrs.field(default=0.3, validator=_positive)
+    adaptive_ack: bool = True
+    min_ack_timeout: float = attrs.field(default=0.005, validator=_positive)
+    sync_interval: float = attrs.field(default=1.0, validator=_positive)
+    sync_jitter: float = 0.25
+    cache_entries: int = attrs.field(default=512, validator=_count(1))
+    cache_bytes: int = attrs.field(default=8 << 20, validator=_count(1024))
+    message_ttl: float = attrs.field(default=60.0, validator=_positive)
+    max_clock_skew: float = attrs.field(default=5.0, validator=_positive)
+    seen_capacity: int = attrs.field(default=65536, validator=_count(16))
+    max_datagram: int = attrs.field(default=DEFAULT_MAX_DATAGRAM)
+    replay_window: float = attrs.field(default=60.0, validator=_positive)
+    replay_capacity: int = attrs.field(default=16384, validator=_count(16))
+    amplification_limit: int = attrs.field(default=3, validator=_count(1))
+
+    def __attrs_post_init__(self) -> None:
+        if not MIN_DATAGRAM_LIMIT <= self.max_datagram <= MAX_DATAGRAM_LIMIT:
+            raise LocalProtocolError(
+                f"max_datagram must be {MIN_DATAGRAM_LIMIT}..{MAX_DATAGRAM_LIMIT}"
+            )
+        if not 0 <= self.sync_jitter < 1:
+            raise LocalProtocolError("sync_jitter must be in [0, 1)")
+        if self.min_ack_timeout > self.ack_timeout:
+            raise LocalProtocolError("min_ack_timeout must not exceed ack_timeout")
+
+
+@attrs.frozen
+class EngineStatistics:
+    """A snapshot of an engine's counters."""
+
+    datagrams_received: int
+    datagrams_sent: int
+    bytes_sent: int
+    sent_by_type: dict[str, int]
+    pushed: int
+    delivered: int
+    duplicates: int
+    dropped: dict[str, int]
+    acks_received: int
+    late_acks: int
+    ack_rounds_failed: int
+    pull_syncs_sent: int
+    pulled: int
+    cache_entries: int
+    cache_bytes: int
+    seen_entries: int
+
+
+class _Round:
+    """One push round waiting for ACKs."""
+
+    __slots__ = ("acked", "deadline", "exclude", "started", "targets")
+
+    def __init__(self, targets: tuple[Address, ...], exclude: Address | None, now: float) -> None:
+        self.targets = targets
+        self.acked: set[Address] = set()
+        self.exclude = exclude
+        self.started = now
+        self.deadline = 0.0
+
+
+_TYPE_NAMES: Final = {
+    PushMessage: "push",
+    PushAck: "ack",
+    PullSync: "sync",
+    PullRequest: "request",
+    PullResponse: "response",
+}
+
+
+class GossipEngine:
+    """One node's push-pull protocol state machine.
+
+    Args:
+        discovery: where peers come from; asked on every peer choice.
+        local_address: this node's address, never chosen as a peer.
+        config: protocol parameters.
+        keyring: cluster keys; ``None`` for a plain-text cluster.
+        rng: the only source of randomness (peer choice, jitter): seed it for determinism.
+        clock_offset: ``now + clock_offset`` is Unix time; lets the runtime pass a monotonic
+            clock while labels and message keys carry wall-clock time.
+    """
+
+    def __init__(
+        self,
+        discovery: Discovery,
+        local_address: Address,
+        config: GossipConfig | None = None,
+        *,
+        keyring: Keyring | None = None,
+        rng: random.Random | None = None,
+        clock_offset: float = 0.0,
+    ) -> None:
+        self.config = config = config or GossipConfig()
+        self.discovery = discovery
+        self.local_address = local_address
+        self._rng = rng or random.Random()
+        self.codec = Codec(
+            keyring,
+            max_datagram=config.max_datagram,
+            replay=ReplayGuard(config.replay_window, config.replay_capacity)
+            if keyring is not None
+            else None,
+            clock_offset=clock_offset,
+        )
+        self._clock_offset = clock_offset
+        self._ttl_ms = int(config.message_ttl * 1000)
+        self._skew_ms = int(config.max_clock_skew * 1000)
+        # The cache bounds bytes natively (getsizeof); the entry bound is kept by hand below.
+        self._cache: LRUCache[bytes, bytes] = LRUCache(
+            maxsize=config.cache_bytes, getsizeof=lambda data: len(data) + CACHE_ENTRY_OVERHEAD
+        )
+        self._seen: OrderedDict[bytes, int] = OrderedDict()
+        self._seen_floor = -1
+        self._recent_cursor = 0
+        self._rounds: dict[bytes, _Round] = {}
+        self._timers: list[tuple[float, int, bytes]] = []  # (deadline, seq, key); b"" = sync
+        self._timer_seq = 0
+        self._next_sync: float | None = None
+        self._srtt: float | None = None
+        self._out: list[Outgoing] = []
+        self._events: list[Event] = []
+        # Counters (plain ints: cheapest to bump on the per-packet path).
+        self._n_received = 0
+        self._n_sent = 0
+        self._n_bytes_sent = 0
+        self._sent_by_type: dict[str, int] = dict.fromkeys(_TYPE_NAMES.values(), 0)
+        self._n_pushed = 0
+        self._n_delivered = 0
+        self._n_duplicates = 0
+        self._dropped: dict[str, int] = {}
+        self._n_acks = 0
+        self._n_late_acks = 0
+        self._n_failed_rounds = 0
+        self._n_syncs = 0
+        self._n_pulled = 0
+
+    # ---------------------------------------------------------------- outputs
+
+    def datagrams_to_send(self) -> list[Outgoing]:
+        """Datagrams produced since the last call, in order."""
+        out, self._out = self._out, []
+        return out
+
+    def pop_events(self) -> list[Event]:
+        """Events produced since the last call, in order."""
+        events, self._events = self._events, []
+        return events
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` should next be called (``None``: no timer pending)."""
+        timers = self._timers
+        while timers and timers[0][2] and timers[0][2] not in self._rounds:
+            heapq.heappop(timers)  # a round that already ended (ACK majority)
+        if not timers:
+            return self._next_sync
+        if self._next_sync is None:
+            return timers[0][0]
+        return min(timers[0][0], self._next_sync)
+
+    def statistics(self) -> EngineStatistics:
+        """A snapshot of the counters."""
+        return EngineStatistics(
+            datagrams_received=self._n_received,
+            datagrams_sent=self._n_sent,
+            bytes_sent=self._n_bytes_sent,
+            sent_by_type=dict(self._sent_by_type),
+            pushed=self._n_pushed,
+            delivered=self._n_delivered,
+            duplicates=self._n_duplicates,
+            dropped=dict(self._dropped),
+            acks_received=self._n_acks,
+            late_acks=self._n_late_acks,
+            ack_rounds_failed=self._n_failed_rounds,
+            pull_syncs_sent=self._n_syncs,
+            pulled=self._n_pulled,
+            cache_entries=len(self._cache),
+            cache_bytes=int(self._cache.currsize),
+            seen_entries=len(self._seen),
+        )
+
+    # ---------------------------------------------------------------- inputs
+
+    def start(self, now: float) -> None:
+        """Arm the anti-entropy timer; call once when the node starts."""
+        self._next_sync = now + self._sync_delay()
+
+    def push(self, data: bytes, now: float) -> bytes:
+        """Publish ``data``; returns its message key.
+
+        Raises:
+            LocalProtocolError: ``data`` is not bytes or does not fit in one datagram.
+        """
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise LocalProtocolError("push() takes bytes")
+        data = bytes(data)
+        limit = self.codec.max_payload()
+        if len(data) > limit:
+            raise LocalProtocolError(
+                f"payload of {len(data)} bytes exceeds {limit} bytes, the most a "
+                f"{self.config.max_datagram}-byte datagram carries"
+            )
+        key = new_message_key(self._now_ms(now))
+        self._remember(key, key_timestamp_ms(key), now)
+        self._cache_put(key, data)
+        self._n_pushed += 1
+        self._spread(key, data, None, now)
+        return key
+
+    def receive(self, datagram: bytes, addr: Address, now: float) -> None:
+        """Handle one datagram from ``addr``. Never raises for bad bytes: they are dropped,
+        counted and reported as :class:`PacketDropped`."""
+        self._n_received += 1
+        try:
+            packet = self.codec.decode_untrusted(datagram, now)
+        except RemoteProtocolError as err:
+            self._drop(err.reason, addr)
+            return
+        if isinstance(packet, PushMessage):
+            self._on_message(packet.key, packet.data, addr, now, pushed=True)
+        elif isinstance(packet, PushAck):
+            self._on_ack(packet.key, addr, now)
+        elif isinstance(packet, PullSync):
+            self._on_sync(packet.keys, addr, now)
+        elif isinstance(packet, PullRequest):
+            self._on_request(packet.keys, addr, len(datagram), now)
+        else:
+            self._on_message(packet.key, packet.data, addr, now, pushed=False)
+
+    def handle_timer(self, now: float) -> None:
+        """Run every timer due at ``now``: ACK deadlines and the anti-entropy round."""
+        timers = self._timers
+        failed: list[bytes] = []
+        excluded: set[Address] = set()
+        while timers and timers[0][0] <= now:
+            _, _, key = heapq.heappop(timers)
+            rnd = self._rounds.pop(key, None)
+            if rnd is None:
+                continue
+            if len(rnd.acked) * 2 <= len(rnd.targets):
+                # No real majority: the message may have stalled; offer it to more peers.
+                self._n_failed_rounds += 1
+                failed.append(key)
+                excluded.update(rnd.targets)
+                excluded.update(rnd.acked)
+                if rnd.exclude is not None:
+                    excluded.add(rnd.exclude)
+        if failed:
+            self._pull_sync(failed, self.config.fanout + 2, excluded, now)
+        if self._next_sync is not None and now >= self._next_sync:
+            self._anti_entropy(now)
+            self._next_sync = now + self._sync_delay()
+
+    # ---------------------------------------------------------------- handlers
+
+    def _on_message(
+        self, key: bytes, data: bytes, addr: Address, now: float, *, pushed: bool
+    ) -> None:
+        if key in self._seen:
+            self._n_duplicates += 1
+            return
+        key_ms = key_timestamp_ms(key)
+        now_ms = self._now_ms(now)
+        if key_ms + self._ttl_ms < now_ms or key_ms <= self._seen_floor:
+            self._drop("expired", addr)
+            return
+        if key_ms > now_ms + self._skew_ms:
+            self._drop("future", addr)
+            return
+        self._remember(key, key_ms, now)
+        self._cache_put(key, data)
+        self._n_delivered += 1
+        if not pushed:
+            self._n_pulled += 1
+        self._events.append(MessageDelivered(key, data, addr, now))
+        if pushed:
+            self._send(PushAck(key), (addr,), now)
+        self._spread(key, data, addr, now)
+
+    def _on_ack(self, key: bytes, addr: Address, now: float) -> None:
+        rnd = self._rounds.get(key)
+        if rnd is None or addr not in rnd.targets or addr in rnd.acked:
+            if key in self._seen:
+                self._n_late_acks += 1  # after the round ended: normal, not an attack
+            else:
+                self._drop("unexpected-ack", addr)
+            return
+        self._n_acks += 1
+        rnd.acked.add(addr)
+        self._observe_rtt(now - rnd.started)
+        if len(rnd.acked) * 2 > len(rnd.targets):
+            del self._rounds[key]  # majority: done (its timer entry is skipped lazily)
+
+    def _on_sync(self, keys: tuple[bytes, ...], addr: Address, now: float) -> None:
+        now_ms = self._now_ms(now)
+        oldest = now_ms - self._ttl_ms
+        missing = [
+            k
+            for k in keys
+            if k not in self._seen and oldest <= key_timestamp_ms(k) <= now_ms + self._skew_ms
+        ]
+        if missing:
+            # Never larger than the digest that asked: no amplification.
+            self._send(PullRequest(tuple(missing)), (addr,), now)
+
+    def _on_request(self, keys: tuple[bytes, ...], addr: Address, size: int, now: float) -> None:
+        # Sealed packets prove the sender holds a cluster key; known peers are in our own
+        # discovery. Anyone else (a spoofed source in a plain-text cluster) gets answers no
+        # larger than amplification_limit times its request.
+        budget = None
+        if not self.codec.encrypted and addr not in self.discovery.gossipiers():
+            budget = self.config.amplification_limit * size
+        for key in dict.fromkeys(keys):  # a key asked twice is answered once
+            data = self._cache.get(key)
+            if data is None:
+                continue
+            if budget is not None:
+                budget -= self.codec.datagram_size(len(key) + len(data))
+                if budget < 0:
+                    self._drop("amplification", addr)
+                    return
+            self._send(PullResponse(key, data), (addr,), now)
+
+    # ---------------------------------------------------------------- machinery
+
+    def _spread(self, key: bytes, data: bytes, sender: Address | None, now: float) -> None:
+        """Push ``key`` to ``fanout`` random peers other than ``sender`` and await ACKs."""
+        targets = self._choose(self.config.fanout, {sender} if sender else set())
+        if not targets:
+            return
+        self._send(PushMessage(key, data), targets, now)
+        rnd = _Round(targets, sender, now)
+        rnd.deadline = now + self._ack_wait()
+        self._rounds[key] = rnd
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (rnd.deadline, self._timer_seq, key))
+
+    def _pull_sync(
+        self, keys: Sequence[bytes], npeers: int, exclude: set[Address], now: float
+    ) -> None:
+        live = [k for k in keys if k in self._cache]
+        if not live:
+            return
+        targets = self._choose(npeers, exclude) or self._choose(npeers, set())
+        if not targets:
+            return
+        step = self.codec.max_keys()
+        for i in range(0, len(live), step):
+            self._send(PullSync(tuple(live[i : i + step])), targets, now)
+            self._n_syncs += len(targets)
+
+    def _anti_entropy(self, now: float) -> None:
+        self._expire_seen(now)
+        digest = self._digest(now)
+        if digest:
+            self._pull_sync(digest, 1, set(), now)
+
+    def _digest(self, now: float) -> list[bytes]:
+        """Up to one datagram of cached keys younger than the TTL; successive digests walk the
+        whole cache (a rotating cursor). Built from the cache (bounded, 512 entries by default),
+        not the seen set: only what we can serve is worth advertising."""
+        oldest = self._now_ms(now) - self._ttl_ms
+        live = [k for k in self._cache if key_timestamp_ms(k) >= oldest]
+        step = self.codec.max_keys()
+        if len(live) <= step:
+            return live
+        start = self._recent_cursor % len(live)
+        self._recent_cursor = start + step
+        picked = live[start : start + step]
+        return picked + live[: step - len(picked)]
+
+    def _choose(self, n: int, exclude: Set[Address | None]) -> tuple[Address, ...]:
+        """``n`` distinct peers uniformly at random, never ourselves nor ``exclude``."""
+        peers = self.discovery.gossipiers()
+        total = len(peers)
+        if total == 0:
+            return ()
+        local = self.local_address
+        rng = self._rng
+        # Sample a few spare indices, enough to skip the excluded ones without copying the
+        # peer list: O(n) per choice, not O(peers).
+        want = min(total, n + len(exclude) + 1)
+        chosen: list[Address] = []
+        for i in rng.sample(range(total), want):
+            peer = peers[i]
+            if peer != local and peer not in exclude:
+                chosen.append(peer)
+                if len(chosen) == n:
+                    break
+        return tuple(chosen)
+
+    def _send(
+        self,
+        packet: PushMessage | PushAck | PullSync | PullRequest | PullResponse,
+        addrs: tuple[Address, ...],
+        now: float,
+    ) -> None:
+        data = self.codec.encode(packet, now)  # one encryption for the whole fan-out
+        self._out.append(Outgoing(data, addrs))
+        n = len(addrs)
+        self._n_sent += n
+        self._n_bytes_sent += n * len(data)
+        self._sent_by_type[_TYPE_NAMES[type(packet)]] += n
+
+    def _drop(self, reason: str, addr: Address) -> None:
+        self._dropped[reason] = self._dropped.get(reason, 0) + 1
+        self._events.append(PacketDropped(reason, addr))
+
+    def _remember(self, key: bytes, key_ms: int, now: float) -> None:
+        seen = self._seen
+        seen[key] = key_ms
+        if len(seen) > self.config.seen_capacity:
+            # Forget the oldest; refuse anything at least as old from now on.
+            self._seen_floor = max(self._seen_floor, seen.popitem(last=False)[1])
+        else:
+            self._expire_seen(now, limit=2)
+
+    def _expire_seen(self, now: float, limit: int | None = None) -> None:
+        # A key older than TTL + skew is refused on arrival anyway: forgetting it is safe.
+        horizon = self._now_ms(now) - self._ttl_ms - self._skew_ms
+        seen = self._seen
+        n = 0
+        while seen and (limit is None or n < limit):
+            key, key_ms = next(iter(seen.items()))
+            if key_ms >= horizon:
+                break
+            del seen[key]
+            n += 1
+
+    def _cache_put(self, key: bytes, data: bytes) -> None:
+        cache = self._cache
+        if len(data) + CACHE_ENTRY_OVERHEAD > cache.maxsize:
+            return  # larger than the whole cache: delivered, but not kept for pulls
+        while len(cache) >= self.config.cache_entries:
+            cache.popitem()
+        cache[key] = data
+
+    def _ack_wait(self) -> float:
+        cfg = self.config
+        if not cfg.adaptive_ack or self._srtt is None:
+            return cfg.ack_timeout
+        return min(cfg.ack_timeout, max(cfg.min_ack_timeout, 4 * self._srtt))
+
+    def _observe_rtt(self, sample: float) -> None:
+        # TCP-style smoothing (RFC 6298's alpha = 1/8).
+        self._srtt = sample if self._srtt is None else self._srtt + (sample - self._srtt) / 8
+
+    def _sync_delay(self) -> float:
+        cfg = self.config
+        return cfg.sync_interval * (1 + cfg.sync_jitter * (2 * self._rng.random() - 1))
+
+    def _now_ms(self, now: float) -> int:
+        return int((now + self._clock_offset) * 1000)

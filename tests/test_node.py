@@ -1,0 +1,160 @@
+"""The trio runtime on the in-memory network (virtual time) and on real loopback UDP."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+
+import pytest
+import trio
+import trio.testing
+
+from gossip.crypto import Keyring, generate_key
+from gossip.discovery import StaticDiscovery
+from gossip.errors import LocalProtocolError
+from gossip.node import Gossiper, Message, open_gossiper
+from gossip.protocol import GossipConfig
+from gossip.transport.base import Transport
+from gossip.transport.memory import LinkConditions, MemoryNetwork
+from gossip.transport.udp import open_udp_transport
+
+
+async def run_cluster(
+    transports: list[Transport],
+    body: Callable[[list[Gossiper], list[dict[bytes, Message]]], Awaitable[None]],
+    *,
+    key: bytes | None = None,
+    config: GossipConfig | None = None,
+    delivery_queue: int = 1024,
+    readers: bool = True,
+) -> None:
+    disc = StaticDiscovery([t.local_address for t in transports])
+    got: list[dict[bytes, Message]] = [{} for _ in transports]
+    nodes: list[Gossiper] = []
+    duplicates = 0
+
+    async with trio.open_nursery() as nursery:
+
+        async def node(i: int, task_status: trio.TaskStatus[None]) -> None:
+            nonlocal duplicates
+            async with open_gossiper(
+                disc,
+                transports[i],
+                config,
+                keyring=Keyring(key) if key else None,
+                rng=random.Random(i),
+                delivery_queue=delivery_queue,
+            ) as g:
+                nodes.append(g)
+                task_status.started()
+                if not readers:
+                    await trio.sleep_forever()
+                async for message in g:
+                    duplicates += message.key in got[i]
+                    got[i][message.key] = message
+
+        for i in range(len(transports)):
+            await nursery.start(node, i)
+        nodes.sort(key=lambda g: transports.index(g.transport))
+        await body(nodes, got)
+        nursery.cancel_scope.cancel()
+    assert duplicates == 0
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+async def test_cluster_under_loss_delivers_everything_once(
+    autojump_clock: trio.testing.MockClock, encrypted: bool
+) -> None:
+    net = MemoryNetwork(seed=4, default=LinkConditions(loss=0.2, delay=0.001, jitter=0.002))
+    transports: list[Transport] = [net.open_transport() for _ in range(20)]
+    pushed: dict[bytes, tuple[int, bytes]] = {}
+
+    async def body(nodes: list[Gossiper], got: list[dict[bytes, Message]]) -> None:
+        rng = random.Random(9)
+        for m in range(30):
+            i = rng.randrange(len(nodes))
+            data = b"message %d" % m
+            pushed[await nodes[i].push(data)] = (i, data)
+            await trio.sleep(0.05)
+        await trio.sleep(30)  # anti-entropy rounds in virtual time
+        for key, (origin, data) in pushed.items():
+            for i, received in enumerate(got):
+                if i != origin:
+                    assert received[key].data == data
+                    assert received[key].origin in [t.local_address for t in transports]
+
+    await run_cluster(transports, body, key=generate_key() if encrypted else None)
+
+
+async def test_slow_application_never_blocks_the_node(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """go-gossip flaw 12: a full application channel made the node deaf. Here node 0's
+    application never reads; it still relays everything and counts what it could not queue."""
+    net = MemoryNetwork(seed=1)
+    transports: list[Transport] = [net.open_transport() for _ in range(6)]
+
+    async def body(nodes: list[Gossiper], got: list[dict[bytes, Message]]) -> None:
+        for m in range(40):
+            await nodes[1 + m % 5].push(b"%d" % m)
+            await trio.sleep(0.01)
+        await trio.sleep(5)
+        stats = nodes[0].statistics()
+        assert stats.engine.delivered == 40  # it kept receiving, ACKing and forwarding
+        assert stats.delivery_queued == 4
+        assert stats.delivery_overflow == 36
+
+    await run_cluster(transports, body, delivery_queue=4, readers=False)
+
+
+async def test_shutdown_and_closed_transport(autojump_clock: trio.testing.MockClock) -> None:
+    """go-gossip flaw 14: no shutdown path, and a closed socket made the read loop spin."""
+    net = MemoryNetwork()
+    a, b = net.open_transport(), net.open_transport()
+    disc = StaticDiscovery([a.local_address, b.local_address])
+    async with open_gossiper(disc, a) as g:
+        await a.aclose()  # the receive loop must end, not spin
+        await trio.sleep(1)
+        with pytest.raises(LocalProtocolError):
+            await g.push(b"x")  # the transport refuses: a clear error
+    # The block exited: both background tasks ended.
+    with pytest.raises(LocalProtocolError, match="closed"):
+        await g.push(b"after close")
+    await b.aclose()
+
+
+async def test_statistics_and_oversize_push(autojump_clock: trio.testing.MockClock) -> None:
+    net = MemoryNetwork()
+    transports: list[Transport] = [net.open_transport() for _ in range(3)]
+
+    async def body(nodes: list[Gossiper], got: list[dict[bytes, Message]]) -> None:
+        await nodes[0].push(b"x" * 100)
+        await trio.sleep(1)
+        stats = nodes[0].statistics()
+        assert stats.engine.pushed == 1
+        assert stats.engine.sent_by_type["push"] == 2
+        assert stats.transport.datagrams_sent == stats.engine.datagrams_sent
+        with pytest.raises(LocalProtocolError, match="1327 bytes"):
+            await nodes[0].push(bytes(2000))
+
+    await run_cluster(transports, body, key=generate_key())
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_real_udp_loopback_cluster(host: str) -> None:
+    try:
+        transports: list[Transport] = [await open_udp_transport(host, 0) for _ in range(8)]
+    except OSError as err:  # pragma: no cover - depends on the host
+        pytest.skip(f"no {host} loopback here: {err}")
+
+    async def body(nodes: list[Gossiper], got: list[dict[bytes, Message]]) -> None:
+        keys = [await nodes[i].push(b"over UDP %d" % i) for i in range(8)]
+        with trio.fail_after(10):
+            while not all(k in got[i] for i in range(8) for j, k in enumerate(keys) if i != j):
+                await trio.sleep(0.01)
+
+    try:
+        await run_cluster(transports, body, key=generate_key())
+    finally:
+        for t in transports:
+            await t.aclose()

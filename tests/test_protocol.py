@@ -1,0 +1,304 @@
+"""The engine's rules, driven by hand (sans-IO): push, ACK, pull fallback, anti-entropy,
+bounds, and go-gossip's protocol flaws as regression tests."""
+
+from __future__ import annotations
+
+import collections
+import random
+
+import pytest
+
+from gossip.crypto import Keyring
+from gossip.discovery import Discovery, StaticDiscovery
+from gossip.errors import LocalProtocolError
+from gossip.events import MessageDelivered, PacketDropped
+from gossip.protocol import GossipConfig, GossipEngine
+from gossip.wire import (
+    Codec,
+    PullRequest,
+    PullResponse,
+    PullSync,
+    PushAck,
+    PushMessage,
+    new_message_key,
+)
+
+from .harness import EPOCH, KEY, Harness, addr
+
+
+def decode(h: Harness, datagram: bytes) -> object:
+    """Read a datagram of the harness cluster (a fresh codec: no replay state)."""
+    return Codec(Keyring(KEY), max_datagram=65507).decode_untrusted(datagram, h.now + EPOCH)
+
+
+def sealed(packet: object, now: float = 0.0) -> bytes:
+    return Codec(Keyring(KEY)).encode(packet, now + EPOCH)  # type: ignore[arg-type]
+
+
+def test_push_goes_to_fanout_distinct_peers_never_self() -> None:
+    h = Harness(10)
+    key = h.push(0, b"hello")
+    dsts = [dst for _, dst, _ in h.in_flight]
+    assert len(dsts) == 3 == len(set(dsts))
+    assert addr(0) not in dsts
+    assert all(decode(h, d) == PushMessage(key, b"hello") for _, _, d in h.in_flight)
+    # One encryption shared by the fan-out: the three datagrams are the same bytes.
+    assert len({d for _, _, d in h.in_flight}) == 1
+    assert h.engines[0].statistics().cache_entries == 1  # the origin keeps its copy
+    assert h.engines[0].pop_events() == []  # and is not told of its own message
+
+
+def test_first_receipt_delivers_acks_and_forwards_once() -> None:
+    h = Harness(10)
+    key = h.push(0, b"x")
+    src, dst, _data = h.deliver()
+    j = h.index(dst)
+    assert h.delivered[j][key] == b"x"
+    out = [(s, d, decode(h, dg)) for s, d, dg in h.in_flight if s == dst]
+    acks = [d for s, d, p in out if isinstance(p, PushAck)]
+    fwd = [d for s, d, p in out if isinstance(p, PushMessage)]
+    assert acks == [src]
+    assert len(fwd) == 3 and src not in fwd and dst not in fwd
+    # The same message again (say, from another pusher) is a duplicate: no ACK, no forward.
+    before = len(h.in_flight)
+    h.engines[j].receive(sealed(PushMessage(key, b"x")), addr(5), h.now)
+    h.collect(j)
+    assert len(h.in_flight) == before
+    assert h.engines[j].statistics().duplicates == 1
+    assert h.duplicate_deliveries == 0
+
+
+def test_ack_majority_means_no_pull_round() -> None:
+    h = Harness(10)
+    h.push(0, b"x")
+    for _ in range(3):  # the three pushes, each answered by an ACK
+        h.deliver(0)
+    h.in_flight = [f for f in h.in_flight if isinstance(decode(h, f[2]), PushAck)]
+    h.deliver_all()
+    h.advance(0.5)
+    stats = h.engines[0].statistics()
+    assert stats.ack_rounds_failed == 0
+    assert stats.acks_received == 2  # the round ends at a majority ...
+    assert stats.late_acks == 1  # ... and the third ACK is counted, not treated as an attack
+
+
+def test_no_majority_triggers_pull_sync_and_pull_completes() -> None:
+    h = Harness(10, config=GossipConfig(sync_interval=100.0))
+    key = h.push(0, b"payload")
+    h.in_flight.clear()  # all three pushes lost
+    h.advance(0.31)  # past ack_timeout (no RTT sample yet: the full 300 ms)
+    syncs = [(dst, decode(h, d)) for _, dst, d in h.in_flight]
+    assert len(syncs) == 5  # fanout + 2
+    assert all(p == PullSync((key,)) for _, p in syncs)
+    assert h.engines[0].statistics().ack_rounds_failed == 1
+    h.deliver()  # one PullSync reaches a peer lacking the message ...
+    request = decode(h, h.in_flight[-1][2])
+    assert request == PullRequest((key,))
+    h.deliver(len(h.in_flight) - 1)  # ... its PullRequest reaches the origin ...
+    response = decode(h, h.in_flight[-1][2])
+    assert response == PullResponse(key, b"payload")
+    _, puller, _ = h.deliver(len(h.in_flight) - 1)  # ... which answers; the puller delivers
+    j = h.index(puller)
+    assert h.delivered[j][key] == b"payload"
+    assert h.engines[j].statistics().pulled == 1
+    # and forwards as for a push
+    assert (
+        sum(1 for s, _, d in h.in_flight if s == puller and isinstance(decode(h, d), PushMessage))
+        == 3
+    )
+
+
+def test_anti_entropy_brings_everything_to_a_late_joiner() -> None:
+    h = Harness(6, config=GossipConfig(sync_interval=0.5))
+    h.engines[5].discovery = StaticDiscovery(h.addrs)
+    h.discovery.set_peers(h.addrs[:5])  # nobody knows node 5 yet
+    keys = [h.push(0, bytes([i])) for i in range(5)]
+    h.run(3.0)
+    assert not set(keys) & set(h.delivered[5])
+    h.discovery.set_peers(h.addrs)  # it joins: no push will ever reach it again
+    h.run(20.0)
+    assert set(keys) <= set(h.delivered[5])
+    assert h.engines[5].statistics().pulled == 5
+
+
+def test_everyone_gets_everything_exactly_once_under_loss() -> None:
+    h = Harness(20, seed=3)
+    rng = random.Random(3)
+    for m in range(20):
+        h.push(rng.randrange(20), b"m%d" % m)
+        # 30 % loss on everything in flight, repeatedly
+        for _ in range(50):
+            h.in_flight = [f for f in h.in_flight if rng.random() > 0.3]
+            if not h.in_flight:
+                break
+            h.deliver()
+        h.advance(0.05)
+    for _ in range(400):
+        h.in_flight = [f for f in h.in_flight if rng.random() > 0.3]
+        h.deliver_all()
+        h.advance(0.1)
+    assert h.everyone_has_everything()
+    assert h.duplicate_deliveries == 0
+
+
+def test_sync_answers_only_missing_keys_and_never_more_than_asked() -> None:
+    h = Harness(3, encrypted=False)
+    have = h.push(0, b"a")
+    h.in_flight.clear()
+    h.engines[1].receive(Codec().encode(PushMessage(have, b"a"), h.now + EPOCH), addr(0), h.now)
+    h.collect(1)
+    h.in_flight.clear()
+    other = new_message_key(int((h.now + EPOCH) * 1000))
+    digest = Codec().encode(PullSync((have, other)), h.now + EPOCH)
+    h.engines[1].receive(digest, addr(0), h.now)
+    h.collect(1)
+    ((_, _, reply),) = h.in_flight
+    assert Codec().decode_untrusted(reply, 0) == PullRequest((other,))
+    assert len(reply) <= len(digest)
+
+
+def test_go_flaw_9_no_reflection_amplification() -> None:
+    """A spoofed plain-text PullRequest from outside the cluster gets at most
+    amplification_limit times its size back; go-gossip answered 2 bytes with ~19 KB."""
+    h = Harness(3, encrypted=False)
+    keys = [h.push(0, bytes(100)) for _ in range(20)]
+    h.in_flight.clear()
+    request = Codec().encode(PullRequest(tuple(keys)), h.now + EPOCH)
+    victim = ("192.0.2.1", 53)
+    h.engines[0].receive(request, victim, h.now)
+    h.collect(0)
+    answered = sum(len(d) for _, dst, d in h.in_flight if dst == victim)
+    assert 0 < answered <= 3 * len(request)
+    assert h.engines[0].statistics().dropped["amplification"] == 1
+    # A member of the cluster is answered in full.
+    h.in_flight.clear()
+    h.engines[0].receive(Codec().encode(PullRequest(tuple(keys)), h.now + EPOCH), addr(1), h.now)
+    h.collect(0)
+    assert len(h.in_flight) == 20
+
+
+def test_go_flaw_11_largest_values_are_bounded_work() -> None:
+    """go-gossip looped forever on values >= 4087 bytes. Here the largest payload a datagram
+    holds is accepted and pulled in one packet; one byte more is refused up front."""
+    config = GossipConfig(max_datagram=9000, sync_interval=100.0)
+    h = Harness(4, config=config)
+    biggest = h.engines[0].codec.max_payload()
+    key = h.push(0, bytes(biggest))
+    h.in_flight.clear()
+    h.advance(0.31)
+    h.run(1.0)
+    assert all(key in d for d in h.delivered)
+    with pytest.raises(LocalProtocolError, match=f"{biggest} bytes"):
+        h.engines[0].push(bytes(biggest + 1), h.now)
+
+
+def test_go_flaw_13_peer_choice_is_uniform_over_the_whole_list() -> None:
+    """go-gossip only ever drew among the first N peers."""
+    peers = [addr(i) for i in range(40)]
+    engine = GossipEngine(StaticDiscovery(peers), addr(0), rng=random.Random(1))
+    counts: collections.Counter[tuple[str, int]] = collections.Counter()
+    for i in range(4000):
+        engine.push(b"%d" % i, float(i))
+        for out in engine.datagrams_to_send():
+            counts.update(out.addrs)
+    assert addr(0) not in counts
+    assert set(counts) == set(peers[1:])
+    expected = 4000 * 3 / 39
+    assert max(counts.values()) < 1.25 * expected
+    assert min(counts.values()) > 0.75 * expected
+
+
+def test_expired_and_future_messages_are_refused() -> None:
+    h = Harness(2, config=GossipConfig(message_ttl=10.0, max_clock_skew=1.0))
+    now_ms = int((h.now + EPOCH) * 1000)
+    for key_ms, reason in ((now_ms - 11_000, "expired"), (now_ms + 2_000, "future")):
+        h.engines[1].receive(sealed(PushMessage(new_message_key(key_ms), b"x")), addr(0), h.now)
+        (event,) = h.engines[1].pop_events()
+        assert event == PacketDropped(reason, addr(0))
+
+
+def test_seen_set_is_bounded_and_never_redelivers() -> None:
+    config = GossipConfig(seen_capacity=16, sync_interval=1000.0)
+    engine = GossipEngine(
+        StaticDiscovery([addr(1)]), addr(0), config, keyring=Keyring(KEY), clock_offset=EPOCH
+    )
+    keys = [new_message_key(int(EPOCH * 1000) + i) for i in range(100)]
+    for i, k in enumerate(keys):
+        engine.receive(sealed(PushMessage(k, b"v"), i * 1e-3), addr(1), i * 1e-3)
+    assert engine.statistics().seen_entries <= 16
+    engine.pop_events()
+    engine.receive(sealed(PushMessage(keys[0], b"v"), 0.2), addr(1), 0.2)  # forgotten long ago
+    assert not any(isinstance(e, MessageDelivered) for e in engine.pop_events())
+
+
+@pytest.mark.parametrize(("entries", "nbytes"), [(5, 1 << 20), (512, 4096)])
+def test_cache_bounded_by_entries_and_bytes(entries: int, nbytes: int) -> None:
+    config = GossipConfig(cache_entries=entries, cache_bytes=nbytes)
+    engine = GossipEngine(StaticDiscovery([addr(1)]), addr(0), config)
+    for i in range(50):
+        engine.push(bytes(1000), float(i) * 1e-3)
+    stats = engine.statistics()
+    assert stats.cache_entries <= entries
+    assert stats.cache_bytes <= nbytes
+
+
+def test_bad_datagrams_are_counted_never_raised() -> None:
+    h = Harness(2)
+    for bad in (b"", b"\x01\x02", bytes(100), sealed(PushAck(bytes(16)))[:-1]):
+        h.engines[1].receive(bad, addr(0), h.now)
+    stats = h.engines[1].statistics()
+    assert sum(stats.dropped.values()) == 4
+    assert all(isinstance(e, PacketDropped) for e in h.engines[1].pop_events())
+
+
+def test_custom_discovery_subclass_is_consulted_every_time() -> None:
+    class Rotating(Discovery):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def gossipiers(self) -> list[tuple[str, int]]:
+            self.calls += 1
+            return [addr(100 + self.calls)]  # membership changes at every call
+
+    disc = Rotating()
+    engine = GossipEngine(disc, addr(0), GossipConfig(fanout=1))
+    engine.push(b"a", 0.0)
+    engine.push(b"b", 0.0)
+    first, second = engine.datagrams_to_send()
+    assert first.addrs == (addr(101),)
+    assert second.addrs == (addr(102),)
+
+
+def test_discovery_base_must_be_overridden() -> None:
+    with pytest.raises(NotImplementedError):
+        Discovery().gossipiers()
+    with pytest.raises(LocalProtocolError):
+        StaticDiscovery([("10.0.0.1", 0)])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"fanout": 0},
+        {"fanout": 2.5},
+        {"ack_timeout": 0},
+        {"ack_timeout": 0.001, "min_ack_timeout": 0.002},
+        {"sync_interval": -1},
+        {"sync_jitter": 1.0},
+        {"cache_entries": 0},
+        {"cache_bytes": 10},
+        {"max_datagram": 100},
+        {"seen_capacity": True},
+    ],
+)
+def test_config_nonsense_is_a_local_error(kwargs: dict[str, object]) -> None:
+    with pytest.raises(LocalProtocolError):
+        GossipConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_push_misuse() -> None:
+    engine = GossipEngine(StaticDiscovery([]), addr(0))
+    with pytest.raises(LocalProtocolError, match="bytes"):
+        engine.push("text", 0.0)  # type: ignore[arg-type]
+    engine.push(b"alone", 0.0)  # no peers: kept, nothing sent, no crash
+    assert engine.datagrams_to_send() == []
