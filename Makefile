@@ -29,7 +29,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict gossip
 
-pytest: $(STAMP) system
+pytest: $(STAMP) system bpf-object
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -p no:cacheprovider
 
 test: lint typecheck pytest
@@ -37,6 +37,9 @@ test: lint typecheck pytest
 bench: $(STAMP)
 	$(PY) -m bench.crypto_cost
 	$(PY) -m bench.fuzz_decode
+	$(PY) -m bench.transport_cost
+	$(PY) -m bench.memory_cluster
+	$(PY) -m bench.ebpf_fanout
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

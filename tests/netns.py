@@ -1,0 +1,222 @@
+"""Network-namespace topologies for the eBPF tests and benchmark (root only).
+
+``build_star(k)`` makes a sender, a switch (a bridge) and ``k`` peers, each in its own
+namespace, joined by veth pairs, on a private /24 that exists only inside them. IPv6 is off
+in every namespace, and TX checksum offload is off on the sender's veth: with offload on, veth
+hands the receiver a packet marked "checksum to be computed" and a wrong UDP checksum is never
+noticed. ``build_sink(k)`` is the benchmark's variant: the sender's veth leads to a namespace
+that drops every copy, and the ``k`` peers exist only as permanent neighbour entries.
+
+Interface and namespace names are unusual (``gzx*``, ``gsp<pid>*``) so that code wrongly running
+in the root namespace finds nothing, and concurrent runs do not collide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+
+import attrs
+
+from gossip.transport import _netns
+
+SUBNET = "10.251.71"  # /24, used only inside the namespaces made here
+SENDER_IP = f"{SUBNET}.1"
+SENDER_IF = "gzxs0"
+
+
+def peer_ip(i: int) -> str:
+    return f"{SUBNET}.{10 + i}"
+
+
+def _ip(args: list[str], batch: list[str] | None = None) -> None:
+    cmd = ["ip", *args] + (["-batch", "-"] if batch is not None else [])
+    text = "\n".join(batch) + "\n" if batch is not None else None
+    proc = subprocess.run(cmd, input=text, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
+
+
+def skip_reason() -> str | None:
+    """Why namespace tests cannot run here, or ``None``."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, BPF)"
+    for tool in ("ip", "ethtool"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (scripts/bootstrap-system.sh installs it as root)"
+    name = f"gsp{os.getpid()}probe"
+    try:
+        _ip(["netns", "add", name])
+    except RuntimeError as exc:
+        return f"ip netns does not work here: {exc}"
+    _ip(["netns", "del", name])
+    return None
+
+
+def namespaces_with_prefix(prefix: str) -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    names = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
+    return [n for n in names if n.startswith(prefix)]
+
+
+@contextlib.contextmanager
+def inside(name: str) -> Iterator[None]:
+    """Run the body with the calling thread in namespace ``name`` (then back)."""
+    handle = _netns.NetnsHandle.named(name)
+    try:
+        with _netns.entered(handle):
+            yield
+    finally:
+        handle.close()
+
+
+def _disable_ipv6(name: str) -> None:
+    # /proc/sys/net follows the namespace of the thread that opens the file.
+    with inside(name):
+        for conf in ("all", "default"):
+            with open(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6", "w") as f:
+                f.write("1")
+
+
+@attrs.define
+class Topology:
+    prefix: str
+    sender: str
+    switch: str | None
+    peers: list[str]
+    peer_ips: list[str]
+    closed: bool = False
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [self.sender, *([self.switch] if self.switch else []), *self.peers]
+
+    def close(self) -> None:
+        """Delete every namespace (their interfaces go with them); idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        existing = set(namespaces_with_prefix(self.prefix))
+        batch = [f"netns del {n}" for n in self.namespaces if n in existing]
+        if batch:
+            _ip(["-force"], batch)
+
+    def udp_counters(self, ns: str) -> dict[str, int]:
+        """The ``Udp:`` line of ``/proc/net/snmp`` in namespace ``ns``."""
+        with inside(ns), open("/proc/thread-self/net/snmp", encoding="ascii") as f:
+            lines = [line.split() for line in f if line.startswith("Udp:")]
+        return dict(zip(lines[0][1:], map(int, lines[1][1:]), strict=True))
+
+    def open_receivers(self, port: int, count: int | None = None) -> list[socket.socket]:
+        """One non-blocking UDP socket per peer (the first ``count``), bound to
+        ``(peer ip, port)`` inside the peer's namespace."""
+        socks = []
+        try:
+            for ns, ip in list(zip(self.peers, self.peer_ips, strict=True))[:count]:
+                with inside(ns):
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    socks.append(s)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+                    s.bind((ip, port))
+                    s.setblocking(False)
+        except BaseException:
+            for s in socks:
+                s.close()
+            raise
+        return socks
+
+
+def _prefix(tag: str) -> str:
+    return f"gsp{os.getpid()}{tag}"
+
+
+def build_star(k: int, tag: str = "t") -> Topology:
+    """Sender + bridge + ``k`` peers (``k`` <= 200)."""
+    prefix = _prefix(tag)
+    topo = Topology(
+        prefix=prefix,
+        sender=f"{prefix}s",
+        switch=f"{prefix}w",
+        peers=[f"{prefix}p{i}" for i in range(k)],
+        peer_ips=[peer_ip(i) for i in range(k)],
+    )
+    try:
+        _ip([], [f"netns add {n}" for n in topo.namespaces])
+        for ns in topo.namespaces:
+            _disable_ipv6(ns)
+        sw = ["link add gzxbr type bridge", "link set gzxbr up"]
+        sw.append(f"link add gzxbs type veth peer name {SENDER_IF} netns {topo.sender}")
+        sw.append("link set gzxbs master gzxbr up")
+        for i, ns in enumerate(topo.peers):
+            sw.append(f"link add gzxb{i} type veth peer name gzxp{i} netns {ns}")
+            sw.append(f"link set gzxb{i} master gzxbr up")
+        _ip(["-n", topo.switch or ""], sw)
+        _ip(
+            ["-n", topo.sender],
+            [
+                "link set lo up",
+                f"addr add {SENDER_IP}/24 dev {SENDER_IF}",
+                f"link set {SENDER_IF} up",
+            ],
+        )
+        for i, (ns, ip) in enumerate(zip(topo.peers, topo.peer_ips, strict=True)):
+            _ip(
+                ["-n", ns],
+                ["link set lo up", f"addr add {ip}/24 dev gzxp{i}", f"link set gzxp{i} up"],
+            )
+        _tx_offload_off(topo.sender, SENDER_IF)
+    except BaseException:
+        topo.close()
+        raise
+    return topo
+
+
+def build_sink(k: int, tag: str = "b", *, tx_offload: bool = True) -> Topology:
+    """Sender whose veth leads to a namespace that drops everything; ``k`` peer addresses
+    with permanent neighbour entries (made-up MACs) so every copy leaves the sender. TX
+    checksum offload stays on unless ``tx_offload`` is false (as on real NICs)."""
+    prefix = _prefix(tag)
+    topo = Topology(
+        prefix=prefix,
+        sender=f"{prefix}s",
+        switch=None,
+        peers=[f"{prefix}k"],
+        peer_ips=[peer_ip(i) for i in range(k)],
+    )
+    try:
+        _ip([], [f"netns add {n}" for n in topo.namespaces])
+        for ns in topo.namespaces:
+            _disable_ipv6(ns)
+        sender = [
+            "link set lo up",
+            f"link add {SENDER_IF} type veth peer name gzxk0 netns {topo.peers[0]}",
+            f"addr add {SENDER_IP}/24 dev {SENDER_IF}",
+            f"link set {SENDER_IF} up",
+        ]
+        for i, ip in enumerate(topo.peer_ips):
+            mac = f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}"
+            sender.append(f"neigh add {ip} lladdr {mac} dev {SENDER_IF} nud permanent")
+        _ip(["-n", topo.sender], sender)
+        # No address in the sink: the copies (for other MACs) die in its receive path.
+        _ip(["-n", topo.peers[0]], ["link set gzxk0 up"])
+        if not tx_offload:
+            _tx_offload_off(topo.sender, SENDER_IF)
+    except BaseException:
+        topo.close()
+        raise
+    return topo
+
+
+def _tx_offload_off(ns: str, dev: str) -> None:
+    proc = subprocess.run(
+        ["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"ethtool -K {dev} tx off failed: {proc.stderr.strip()}")
