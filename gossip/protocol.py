@@ -50,6 +50,7 @@ from gossip.wire import (
     PushMessage,
     key_timestamp_ms,
     new_message_key,
+    peek_message_key,
 )
 
 __all__ = ["EngineStatistics", "GossipConfig", "GossipEngine"]
@@ -96,6 +97,7 @@ class GossipConfig:
         replay_capacity: packet tags remembered by the replay guard.
         amplification_limit: answers to an unauthenticated peer we do not know are at most this
             many times the size of its request (no reflection amplification).
+        sync_max_datagrams: digest datagrams per anti-entropy round at most.
     """
 
     fanout: int = attrs.field(default=3, validator=_count(1))
@@ -113,6 +115,7 @@ class GossipConfig:
     replay_window: float = attrs.field(default=60.0, validator=_positive)
     replay_capacity: int = attrs.field(default=16384, validator=_count(16))
     amplification_limit: int = attrs.field(default=3, validator=_count(1))
+    sync_max_datagrams: int = attrs.field(default=8, validator=_count(1))
 
     def __attrs_post_init__(self) -> None:
         if not MIN_DATAGRAM_LIMIT <= self.max_datagram <= MAX_DATAGRAM_LIMIT:
@@ -312,6 +315,12 @@ class GossipEngine:
         """Handle one datagram from ``addr``. Never raises for bad bytes: they are dropped,
         counted and reported as :class:`PacketDropped`."""
         self._n_received += 1
+        key = peek_message_key(datagram)
+        if key is not None and key in self._seen:
+            # A duplicate costs no crypto. A forged datagram carrying a seen key is dropped
+            # here too, exactly as it would be after a failed MAC check.
+            self._n_duplicates += 1
+            return
         try:
             packet = self.codec.decode_untrusted(datagram, now)
         except RemoteProtocolError as err:
@@ -457,18 +466,20 @@ class GossipEngine:
             self._pull_sync(digest, 1, set(), now)
 
     def _digest(self, now: float) -> list[bytes]:
-        """Up to one datagram of cached keys younger than the TTL; successive digests walk the
-        whole cache (a rotating cursor). Built from the cache (bounded, 512 entries by default),
-        not the seen set: only what we can serve is worth advertising."""
+        """The cached keys younger than the TTL, up to ``sync_max_datagrams`` datagrams of
+        them. A digest covers the whole cache (512 keys = 7 datagrams of 83) so that a node
+        that missed a message is offered it at its next sync, before the cache forgets it;
+        past the limit, successive digests walk the cache with a rotating cursor. Built from
+        the cache, not the seen set: only what we can serve is worth advertising."""
         oldest = self._now_ms(now) - self._ttl_ms
         live = [k for k in self._cache if key_timestamp_ms(k) >= oldest]
-        step = self.codec.max_keys()
-        if len(live) <= step:
+        limit = self.codec.max_keys() * self.config.sync_max_datagrams
+        if len(live) <= limit:
             return live
         start = self._recent_cursor % len(live)
-        self._recent_cursor = start + step
-        picked = live[start : start + step]
-        return picked + live[: step - len(picked)]
+        self._recent_cursor = start + limit
+        picked = live[start : start + limit]
+        return picked + live[: limit - len(picked)]
 
     def _choose(self, n: int, exclude: Set[Address | None]) -> tuple[Address, ...]:
         """``n`` distinct peers uniformly at random, never ourselves nor ``exclude``."""

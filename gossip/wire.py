@@ -62,6 +62,7 @@ __all__ = [
     "encode",
     "key_timestamp_ms",
     "new_message_key",
+    "peek_message_key",
 ]
 
 MAGIC_VERSION: Final = 0xA1
@@ -217,6 +218,25 @@ def _parse_response(buf: bytes, off: int) -> Packet:
     return PullResponse(buf[off : off + MESSAGE_KEY_SIZE], buf[off + MESSAGE_KEY_SIZE :])
 
 
+_WITH_DATA: Final = (PacketType.PUSH_MESSAGE, PacketType.PULL_RESPONSE)
+_MESSAGE_HEADER: Final = LABEL_SIZE + MESSAGE_KEY_SIZE
+
+
+def peek_message_key(datagram: bytes) -> bytes | None:
+    """The message key of a PushMessage or PullResponse datagram, or ``None``.
+
+    Read *without* authentication: use it only to drop a datagram early (a duplicate), never
+    to accept one. Plain or sealed, the key sits right after the label.
+    """
+    if (
+        len(datagram) >= _MESSAGE_HEADER
+        and datagram[0] == MAGIC_VERSION
+        and datagram[1] in _WITH_DATA
+    ):
+        return datagram[LABEL_SIZE:_MESSAGE_HEADER]
+    return None
+
+
 # Indexed by the type byte; index 0 is never used (type 0 is refused before the lookup).
 _PARSERS: Final[tuple[Callable[[bytes, int], Packet], ...]] = (
     _parse_push,
@@ -322,6 +342,10 @@ class Codec:
             return _pack_label(MAGIC_VERSION, ptype, 0, 0, ts) + body
         primary = keyring.primary
         label = _pack_label(MAGIC_VERSION, ptype, self._enc, primary.key_id, ts)
+        if isinstance(packet, PushMessage | PullResponse):
+            # The message key travels in the authenticated clear header (like AEAD associated
+            # data) so that a receiver drops a duplicate before any crypto; same size either way.
+            return primary.seal(label + packet.key, packet.data)
         return primary.seal(label, body)
 
     def decode_untrusted(self, datagram: bytes, now: float) -> Packet:
@@ -348,10 +372,16 @@ class Codec:
         key = keyring.get(key_id)
         if key is None:
             raise DecryptError(f"unknown key id 0x{key_id:08x}", reason="unknown-key")
-        body = key.open_untrusted(datagram, LABEL_SIZE)
+        with_key = ptype in _WITH_DATA
+        body = key.open_untrusted(datagram, _MESSAGE_HEADER if with_key else LABEL_SIZE)
         assert self._replay is not None
         # After the MAC check only: forgers cannot fill the replay table.
         self._replay.check(datagram[-TAG_SIZE:], ts, int((now + self.clock_offset) * 1000))
+        if with_key:
+            msg_key = datagram[LABEL_SIZE:_MESSAGE_HEADER]
+            if ptype == PacketType.PUSH_MESSAGE:
+                return PushMessage(msg_key, body)
+            return PullResponse(msg_key, body)
         return parse(body, 0)
 
     def _label_error(self, datagram: bytes) -> RemoteProtocolError:

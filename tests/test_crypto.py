@@ -65,12 +65,22 @@ def test_wire_bytes_are_standard_cbc_with_random_iv(backend: str) -> None:
     enc_key = HKDF(master, 32, b"trio-gossip/v1", SHA256, 1, b"trio-gossip v1 aes-256-cbc")
     mac_key = HKDF(master, 32, b"trio-gossip/v1", SHA256, 1, b"trio-gossip v1 hmac-sha256")
     for _ in range(3):  # several packets: the chain state must not leak into the format
-        dg = codec.encode(MSG, 10.0)
-        label, iv, ct, tag = dg[:15], dg[15:31], dg[31:-16], dg[-16:]
-        assert tag == hmac.digest(mac_key, label + iv + ct, "sha256")[:16]
-        plain = AES.new(enc_key, AES.MODE_CBC, iv).decrypt(ct)
-        assert plain[: -plain[-1]] == MSG.key + MSG.data
-        assert int.from_bytes(dg[3:7], "big") == key_id_of(master)
+        for packet, header, body in (
+            (MSG, 31, MSG.data),  # message packets: the key is in the authenticated header
+            (PullSync((MSG.key,) * 2), 15, MSG.key * 2),
+        ):
+            dg = codec.encode(packet, 10.0)
+            head, iv, ct, tag = (
+                dg[:header],
+                dg[header : header + 16],
+                dg[header + 16 : -16],
+                dg[-16:],
+            )
+            assert tag == hmac.digest(mac_key, head + iv + ct, "sha256")[:16]
+            plain = AES.new(enc_key, AES.MODE_CBC, iv).decrypt(ct)
+            assert plain[: -plain[-1]] == body
+            assert int.from_bytes(dg[3:7], "big") == key_id_of(master)
+        assert dg[15:31] != MSG.key  # key lists stay encrypted
 
 
 @pytest.mark.skipif(len(BACKENDS) < 2, reason="the cryptography package is not installed")
@@ -274,7 +284,7 @@ def test_go_flaw_4_ciphertext_cannot_be_bit_flipped_or_injected() -> None:
     key = generate_key()
     tx, rx = pair(key)
     dg = bytearray(tx.encode(MSG, 0.0))
-    dg[LABEL_SIZE + 16 + 5] ^= 0x20  # flip a plaintext bit through CBC malleability
+    dg[LABEL_SIZE + 16 + 5] ^= 0x20  # flip a data bit through CBC malleability (IV byte 5)
     with pytest.raises(DecryptError, match="MAC"):
         rx.decode_untrusted(bytes(dg), 0.0)
 
@@ -283,7 +293,7 @@ def test_go_flaw_5_equal_plaintexts_give_different_ciphertexts() -> None:
     tx, _ = pair()
     sealed = {tx.encode(PullRequest((MSG.key,)), 0.0) for _ in range(1000)}
     assert len(sealed) == 1000
-    ivs = {dg[LABEL_SIZE : LABEL_SIZE + 16] for dg in sealed}
+    ivs = {dg[LABEL_SIZE : LABEL_SIZE + 16] for dg in sealed}  # PullRequest: IV after label
     assert len(ivs) == 1000
 
 

@@ -302,3 +302,23 @@ def test_push_misuse() -> None:
         engine.push("text", 0.0)  # type: ignore[arg-type]
     engine.push(b"alone", 0.0)  # no peers: kept, nothing sent, no crash
     assert engine.datagrams_to_send() == []
+
+
+def test_duplicates_are_dropped_before_any_crypto() -> None:
+    h = Harness(3)
+    key = h.push(0, b"x")
+    h.deliver()
+    j = next(i for i in range(3) if key in h.delivered[i] and i != 0)
+    engine = h.engines[j]
+    genuine = sealed(PushMessage(key, b"x"), h.now)
+    forged = genuine[:-1] + bytes([genuine[-1] ^ 1])  # bad MAC, seen key
+    engine.receive(genuine, addr(0), h.now)
+    engine.receive(forged, addr(0), h.now)
+    stats = engine.statistics()
+    assert stats.duplicates == 2
+    assert "mac" not in stats.dropped  # never reached the MAC check
+    # An unseen key with a bad MAC is still refused by the MAC.
+    fresh = sealed(PushMessage(new_message_key(int((h.now + EPOCH) * 1000)), b"y"), h.now)
+    engine.receive(fresh[:-1] + bytes([fresh[-1] ^ 1]), addr(0), h.now)
+    assert engine.statistics().dropped["mac"] == 1
+    assert engine.statistics().delivered == 1

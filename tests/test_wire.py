@@ -28,6 +28,7 @@ from gossip.wire import (
     encode,
     key_timestamp_ms,
     new_message_key,
+    peek_message_key,
 )
 
 from .strategies import mutations, packets
@@ -172,3 +173,17 @@ def test_message_keys_carry_time_and_80_random_bits() -> None:
     assert len(keys) == 10_000  # same millisecond, still distinct
     assert all(len(k) == 16 and key_timestamp_ms(k) == 1_700_000_000_123 for k in keys)
     assert abs(key_timestamp_ms(new_message_key()) - time.time() * 1000) < 5000
+
+
+@given(packets)
+def test_peek_message_key_only_for_message_packets(packet: Packet) -> None:
+    for codec in (
+        Codec(max_datagram=MAX_DATAGRAM_LIMIT),
+        Codec(Keyring(bytes(32)), max_datagram=MAX_DATAGRAM_LIMIT),
+    ):
+        dg = codec.encode(packet, 1.0)
+        if isinstance(packet, PushMessage | PullResponse):
+            assert peek_message_key(dg) == packet.key
+        else:
+            assert peek_message_key(dg) is None
+    assert peek_message_key(b"\xa1\x01") is None
