@@ -1,16 +1,32 @@
-"""The ``gossip`` command line: ``keygen`` and ``demo`` (``agent`` comes with the engine)."""
+"""The ``gossip`` command line; it only parses arguments and dispatches.
+
+Commands::
+
+    gossip keygen PATH [--force]
+        write a new cluster key file (mode 0600)
+    gossip agent --bind HOST:PORT --peers HOST:PORT[,HOST:PORT...] [--key-file PATH]
+                 [--fanout N] [--stats-interval SECONDS]
+        run one node: stdin lines are published, delivered messages are JSON lines on stdout
+        (flags, output and exit codes: :mod:`gossip.agent`; they are a stable interface)
+    gossip demo [--nodes N] [--messages N] [--rate PER_S] [--size BYTES] [--seed N]
+        a live loopback cluster and its numbers (:mod:`gossip.demo`; ``make demo``)
+
+Bad arguments exit with status 2 and a message on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-import time
 from collections.abc import Sequence
 
-from gossip.crypto import Keyring, generate_key
-from gossip.errors import GossipError, RemoteProtocolError
-from gossip.keyfile import write_key_file
-from gossip.wire import Codec, PullSync, PushAck, PushMessage, new_message_key
+import trio
+
+from gossip.agent import AgentOptions, parse_hostport, resolve_addresses, run_agent
+from gossip.demo import DemoOptions, run_demo
+from gossip.errors import GossipError, LocalProtocolError
+from gossip.keyfile import read_key_file, write_key_file
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -19,55 +35,136 @@ def _keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hostport(text: str) -> tuple[str, int]:
+    try:
+        return parse_hostport(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _hostport_list(text: str) -> list[tuple[str, int]]:
+    items = [item for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected HOST:PORT[,HOST:PORT...]")
+    return [_hostport(item) for item in items]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _agent(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.parser
+    try:
+        bind, peers = resolve_addresses(args.bind, [p for group in args.peers for p in group])
+        keyring = None if args.key_file is None else read_key_file(args.key_file)
+    except LocalProtocolError as err:
+        parser.error(str(err))  # exits 2
+    options = AgentOptions(
+        bind=bind,
+        peers=peers,
+        keyring=keyring,
+        fanout=args.fanout,
+        stats_interval=args.stats_interval,
+    )
+    return trio.run(run_agent, options)
+
+
 def _demo(args: argparse.Namespace) -> int:
-    """Encode, seal, tamper with and decode packets, and time the suite."""
-    key = generate_key()
-    keyring = Keyring(key)
-    tx, rx = Codec(keyring), Codec(Keyring(key))
-    msg = PushMessage(new_message_key(), b"hello, cluster " * 34)
-    now = time.time()
-    dg = tx.encode(msg, now)
-    print(f"backend: {keyring.backend}; key id 0x{keyring.primary.key_id:08x}")
-    print(f"PushMessage with {len(msg.data)}-byte payload -> {len(dg)}-byte datagram")
-    print(f"  label {dg[:15].hex()}\n  IV    {dg[15:31].hex()}\n  tag   {dg[-16:].hex()}")
-    print(f"  decoded ok: {rx.decode_untrusted(dg, now) == msg}")
-    for what, bad in (
-        ("replayed", dg),
-        ("bit-flipped", dg[:40] + bytes([dg[40] ^ 1]) + dg[41:]),
-        ("truncated", dg[:2]),
-        ("plaintext", Codec().encode(PushAck(msg.key), now)),
-        ("wrong key", Codec(Keyring(generate_key())).encode(PullSync((msg.key,)), now)),
-    ):
-        try:
-            rx.decode_untrusted(bad, now)
-            print(f"  {what:<12} ACCEPTED (bug)")
-        except RemoteProtocolError as err:
-            print(f"  {what:<12} dropped: {err.reason}: {err}")
-    n = 20000
-    t0 = time.process_time()
-    for i in range(n):
-        rx.decode_untrusted(tx.encode(msg, now + i * 1e-3), now + i * 1e-3)
-    us = (time.process_time() - t0) / n * 1e6
-    print(f"encode+seal+open+decode of a 512-byte message: {us:.1f} us CPU per packet")
-    return 0
+    try:
+        options = DemoOptions(
+            nodes=args.nodes,
+            messages=args.messages,
+            rate=args.rate,
+            size=args.size,
+            seed=args.seed,
+        )
+    except LocalProtocolError as err:
+        args.parser.error(str(err))
+    report = trio.run(run_demo, options)
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of every ``gossip`` command."""
     parser = argparse.ArgumentParser(prog="gossip", description="trio-gossip command line")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("keygen", help="write a new cluster key file (mode 0600)")
     p.add_argument("path")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=_keygen)
-    p = sub.add_parser("demo", help="show the packet format and its protection")
-    p.set_defaults(func=_demo)
+    p = sub.add_parser(
+        "agent",
+        help="run one node; stdin lines are published, messages are JSON lines on stdout",
+        description="Run one gossip node on UDP. Every stdin line is published; every "
+        "delivered message is a JSON line on stdout. See `pydoc gossip.agent` for the format.",
+    )
+    p.add_argument(
+        "--bind",
+        required=True,
+        type=_hostport,
+        metavar="HOST:PORT",
+        help="UDP address to listen on",
+    )
+    p.add_argument(
+        "--peers",
+        required=True,
+        action="append",
+        type=_hostport_list,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="peer addresses (IPv6 as [::1]:7946); may be repeated",
+    )
+    p.add_argument("--key-file", metavar="PATH", help="cluster key file from `gossip keygen`")
+    p.add_argument("--fanout", type=_positive_int, default=3, metavar="N", help="default 3")
+    p.add_argument(
+        "--stats-interval",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="print a stats JSON line this often",
+    )
+    p.set_defaults(func=_agent, parser=p)
+    p = sub.add_parser(
+        "demo",
+        help="run a local cluster, show dissemination live, then its numbers",
+        description="Run a cluster on loopback UDP in one process, publish messages, stop a "
+        "quarter of the nodes and publish again; print latency, packets and delivery ratio.",
+    )
+    p.add_argument("--nodes", type=_positive_int, default=32, metavar="N", help="default 32")
+    p.add_argument(
+        "--messages", type=_positive_int, default=200, metavar="N", help="per batch; default 200"
+    )
+    p.add_argument("--rate", type=_positive_float, default=25.0, metavar="PER_S", help="default 25")
+    p.add_argument(
+        "--size", type=_positive_int, default=256, metavar="BYTES", help="payload; default 256"
+    )
+    p.add_argument("--seed", type=int, help="seed origins, peer choices and victims")
+    p.set_defaults(func=_demo, parser=p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the command and exit with its status."""
     args = build_parser().parse_args(argv)
     try:
         sys.exit(args.func(args))
     except GossipError as err:
         print(f"gossip: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)  # Ctrl-C before the agent's signal handler is installed, or in the demo

@@ -6,11 +6,13 @@ so one thin runtime can drive either.
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import attrs
 
 from gossip.transport.base import Address
 
-__all__ = ["Event", "MessageDelivered", "Outgoing", "PacketDropped"]
+__all__ = ["Event", "MessageDelivered", "Outgoing", "PacketDropped", "SansIOEngine"]
 
 
 @attrs.frozen(slots=True)
@@ -48,3 +50,16 @@ class PacketDropped:
 
 
 Event = MessageDelivered | PacketDropped
+
+
+class SansIOEngine(Protocol):
+    """What the trio runtime drives: any engine with these methods (the native
+    :class:`~gossip.protocol.GossipEngine`, the go-gossip compatibility engine)."""
+
+    def push(self, data: bytes, now: float) -> bytes: ...
+    def receive(self, datagram: bytes, addr: Address, now: float) -> None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def datagrams_to_send(self) -> list[Outgoing]: ...
+    def pop_events(self) -> list[Event]: ...
+    def get_timer(self) -> float | None: ...
+    def statistics(self) -> Any: ...

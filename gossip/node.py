@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any, Generic, TypeVar
 
 import attrs
 import trio
@@ -24,11 +25,11 @@ import trio
 from gossip.crypto import Keyring
 from gossip.discovery.base import Discovery
 from gossip.errors import LocalProtocolError
-from gossip.events import MessageDelivered
-from gossip.protocol import EngineStatistics, GossipConfig, GossipEngine
+from gossip.events import MessageDelivered, SansIOEngine
+from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.base import Address, Transport, TransportStatistics
 
-__all__ = ["Gossiper", "GossiperStatistics", "Message", "open_gossiper"]
+__all__ = ["Gossiper", "GossiperStatistics", "Message", "open_gossiper", "run_engine"]
 
 
 @attrs.frozen(slots=True)
@@ -52,19 +53,23 @@ class Message:
 
 @attrs.frozen
 class GossiperStatistics:
-    """A snapshot: the engine's and the transport's counters, and the delivery queue's."""
+    """A snapshot: the engine's and the transport's counters, and the delivery queue's.
+    ``engine`` is a :class:`~gossip.protocol.EngineStatistics` for the native engine."""
 
-    engine: EngineStatistics
+    engine: Any
     transport: TransportStatistics
     delivery_queued: int
     delivery_overflow: int
 
 
-class Gossiper:
-    """A running gossip node; made by :func:`open_gossiper`."""
+E = TypeVar("E", bound=SansIOEngine)
+
+
+class Gossiper(Generic[E]):
+    """A running gossip node; made by :func:`open_gossiper` (or :func:`run_engine`)."""
 
     def __init__(
-        self, engine: GossipEngine, transport: Transport, delivery_queue: int, clock_offset: float
+        self, engine: E, transport: Transport, delivery_queue: int, clock_offset: float
     ) -> None:
         self.engine = engine
         self.transport = transport
@@ -79,7 +84,7 @@ class Gossiper:
     @property
     def local_address(self) -> Address:
         """This node's address."""
-        return self.engine.local_address
+        return self.transport.local_address
 
     async def push(self, data: bytes) -> bytes:
         """Publish ``data`` to the cluster; returns its message key.
@@ -96,6 +101,10 @@ class Gossiper:
     async def receive(self) -> Message:
         """Wait for the next delivered message."""
         return await self._receive_channel.receive()
+
+    def receive_nowait(self) -> Message:
+        """The next delivered message if one is queued, else raise ``trio.WouldBlock``."""
+        return self._receive_channel.receive_nowait()
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._receive_channel.__aiter__()
@@ -141,7 +150,10 @@ class Gossiper:
             except trio.ClosedResourceError:
                 return
             engine.receive(data, addr, current_time())
-            await self._flush()
+            try:
+                await self._flush()
+            except (LocalProtocolError, trio.ClosedResourceError):
+                return  # the transport was closed under us: stop quietly
 
     async def _timer_loop(self) -> None:
         engine = self.engine
@@ -152,7 +164,33 @@ class Gossiper:
                 scope.deadline = math.inf if deadline is None else deadline
                 await trio.sleep_forever()
             engine.handle_timer(trio.current_time())
-            await self._flush()
+            try:
+                await self._flush()
+            except (LocalProtocolError, trio.ClosedResourceError):
+                return  # the transport was closed under us: stop quietly
+
+
+@asynccontextmanager
+async def run_engine(
+    engine: E,
+    transport: Transport,
+    *,
+    delivery_queue: int = 1024,
+    clock_offset: float = 0.0,
+) -> AsyncIterator[Gossiper[E]]:
+    """Drive any sans-IO ``engine`` over ``transport`` until the block exits (the engine must
+    already be started; ``clock_offset`` is what it adds to trio time to get Unix time)."""
+    if delivery_queue < 1:
+        raise LocalProtocolError("delivery_queue must be at least 1")
+    gossiper = Gossiper(engine, transport, delivery_queue, clock_offset)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(gossiper._receive_loop)
+        nursery.start_soon(gossiper._timer_loop)
+        try:
+            yield gossiper
+        finally:
+            gossiper._closed = True
+            nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager
@@ -164,7 +202,7 @@ async def open_gossiper(
     keyring: Keyring | None = None,
     rng: random.Random | None = None,
     delivery_queue: int = 1024,
-) -> AsyncIterator[Gossiper]:
+) -> AsyncIterator[Gossiper[GossipEngine]]:
     """Run a gossip node on ``transport`` until the block exits.
 
     Example::
@@ -183,8 +221,6 @@ async def open_gossiper(
         rng: randomness for peer choice and jitter; seed it for reproducible runs.
         delivery_queue: messages buffered for the application before ``delivery_overflow``.
     """
-    if delivery_queue < 1:
-        raise LocalProtocolError("delivery_queue must be at least 1")
     # Labels and keys carry wall-clock time; the engine runs on trio's clock (MockClock in tests).
     clock_offset = time.time() - trio.current_time()
     engine = GossipEngine(
@@ -195,13 +231,8 @@ async def open_gossiper(
         rng=rng,
         clock_offset=clock_offset,
     )
-    gossiper = Gossiper(engine, transport, delivery_queue, clock_offset)
     engine.start(trio.current_time())
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(gossiper._receive_loop)
-        nursery.start_soon(gossiper._timer_loop)
-        try:
-            yield gossiper
-        finally:
-            gossiper._closed = True
-            nursery.cancel_scope.cancel()
+    async with run_engine(
+        engine, transport, delivery_queue=delivery_queue, clock_offset=clock_offset
+    ) as gossiper:
+        yield gossiper

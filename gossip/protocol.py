@@ -28,7 +28,7 @@ import heapq
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Sequence, Set
-from typing import Final
+from typing import Any, Final
 
 import attrs
 from cachetools import LRUCache
@@ -58,6 +58,12 @@ __all__ = ["EngineStatistics", "GossipConfig", "GossipEngine"]
 #: Bytes charged per cached message on top of its payload (key, entry and LRU bookkeeping), so
 #: that ``cache_bytes`` bounds real memory even for empty payloads.
 CACHE_ENTRY_OVERHEAD: Final = 200
+#: How often a pulled key is requested before we give up on that holder (anti-entropy will
+#: offer it again). Pulls cross three lossy hops (digest, request, response): retrying the last
+#: two is what makes repair robust under loss.
+PULL_ATTEMPTS: Final = 3
+#: Outstanding pulls remembered at most (oldest forgotten first): bounded memory under attack.
+_WANTED_MAX: Final = 4096
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -145,6 +151,7 @@ class EngineStatistics:
     ack_rounds_failed: int
     pull_syncs_sent: int
     pulled: int
+    pull_retries: int
     cache_entries: int
     cache_bytes: int
     seen_entries: int
@@ -218,6 +225,9 @@ class GossipEngine:
         self._seen_floor = -1
         self._recent_cursor = 0
         self._rounds: dict[bytes, _Round] = {}
+        # Keys we asked for: key -> [peer to ask, attempts, deadline]. Bounded (oldest first out).
+        self._wanted: OrderedDict[bytes, list[Any]] = OrderedDict()
+        self._pull_timers: list[tuple[float, int, bytes]] = []
         self._timers: list[tuple[float, int, bytes]] = []  # (deadline, seq, key); b"" = sync
         self._timer_seq = 0
         self._next_sync: float | None = None
@@ -238,6 +248,7 @@ class GossipEngine:
         self._n_failed_rounds = 0
         self._n_syncs = 0
         self._n_pulled = 0
+        self._n_pull_retries = 0
 
     # ---------------------------------------------------------------- outputs
 
@@ -254,13 +265,17 @@ class GossipEngine:
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should next be called (``None``: no timer pending)."""
         timers = self._timers
-        while timers and timers[0][2] and timers[0][2] not in self._rounds:
+        while timers and timers[0][2] not in self._rounds:
             heapq.heappop(timers)  # a round that already ended (ACK majority)
-        if not timers:
-            return self._next_sync
-        if self._next_sync is None:
-            return timers[0][0]
-        return min(timers[0][0], self._next_sync)
+        pulls = self._pull_timers
+        while pulls and pulls[0][2] not in self._wanted:
+            heapq.heappop(pulls)  # a pull that was answered
+        due = [t for t in (self._next_sync,) if t is not None]
+        if timers:
+            due.append(timers[0][0])
+        if pulls:
+            due.append(pulls[0][0])
+        return min(due) if due else None
 
     def statistics(self) -> EngineStatistics:
         """A snapshot of the counters."""
@@ -278,6 +293,7 @@ class GossipEngine:
             ack_rounds_failed=self._n_failed_rounds,
             pull_syncs_sent=self._n_syncs,
             pulled=self._n_pulled,
+            pull_retries=self._n_pull_retries,
             cache_entries=len(self._cache),
             cache_bytes=int(self._cache.currsize),
             seen_entries=len(self._seen),
@@ -340,23 +356,23 @@ class GossipEngine:
     def handle_timer(self, now: float) -> None:
         """Run every timer due at ``now``: ACK deadlines and the anti-entropy round."""
         timers = self._timers
-        failed: list[bytes] = []
-        excluded: set[Address] = set()
+        offers: dict[Address, list[bytes]] = {}
         while timers and timers[0][0] <= now:
             _, _, key = heapq.heappop(timers)
             rnd = self._rounds.pop(key, None)
-            if rnd is None:
+            if rnd is None or len(rnd.acked) * 2 > len(rnd.targets):
                 continue
-            if len(rnd.acked) * 2 <= len(rnd.targets):
-                # No real majority: the message may have stalled; offer it to more peers.
-                self._n_failed_rounds += 1
-                failed.append(key)
-                excluded.update(rnd.targets)
-                excluded.update(rnd.acked)
-                if rnd.exclude is not None:
-                    excluded.add(rnd.exclude)
-        if failed:
-            self._pull_sync(failed, self.config.fanout + 2, excluded, now)
+            # No real majority: the message may have stalled. Offer it to fanout + 2 random
+            # peers, never to one known to hold it (an ACKer, the sender). A silent target may
+            # be drawn again: under loss it is the likeliest to lack the message; without loss
+            # it is a duplicate, which is why it is not preferred (measured both ways).
+            self._n_failed_rounds += 1
+            known: set[Address | None] = {rnd.exclude, *rnd.acked}
+            for peer in self._choose(self.config.fanout + 2, known):
+                offers.setdefault(peer, []).append(key)
+        for peer, keys in offers.items():
+            self._pull_sync(keys, peer, now)
+        self._retry_pulls(now)
         if self._next_sync is not None and now >= self._next_sync:
             self._anti_entropy(now)
             self._next_sync = now + self._sync_delay()
@@ -379,6 +395,7 @@ class GossipEngine:
             return
         self._remember(key, key_ms, now)
         self._cache_put(key, data)
+        self._wanted.pop(key, None)
         self._n_delivered += 1
         if not pushed:
             self._n_pulled += 1
@@ -404,14 +421,55 @@ class GossipEngine:
     def _on_sync(self, keys: tuple[bytes, ...], addr: Address, now: float) -> None:
         now_ms = self._now_ms(now)
         oldest = now_ms - self._ttl_ms
-        missing = [
-            k
-            for k in keys
-            if k not in self._seen and oldest <= key_timestamp_ms(k) <= now_ms + self._skew_ms
-        ]
+        wanted = self._wanted
+        missing = []
+        for k in keys:
+            if k in self._seen or not oldest <= key_timestamp_ms(k) <= now_ms + self._skew_ms:
+                continue
+            entry = wanted.get(k)
+            if entry is not None:
+                entry[0] = addr  # already asked someone: a retry will ask this newer holder
+                continue
+            missing.append(k)
         if missing:
             # Never larger than the digest that asked: no amplification.
             self._send(PullRequest(tuple(missing)), (addr,), now)
+            self._expect(missing, addr, now)
+
+    def _expect(self, keys: Sequence[bytes], peer: Address, now: float) -> None:
+        """Remember a pull so that a lost request or response is retried."""
+        deadline = now + self._ack_wait()
+        wanted = self._wanted
+        for k in keys:
+            wanted[k] = [peer, 1, deadline]
+            self._timer_seq += 1
+            heapq.heappush(self._pull_timers, (deadline, self._timer_seq, k))
+        while len(wanted) > _WANTED_MAX:
+            wanted.popitem(last=False)
+
+    def _retry_pulls(self, now: float) -> None:
+        """Ask again for pulled keys that did not arrive in time (at most PULL_ATTEMPTS)."""
+        pulls = self._pull_timers
+        wanted = self._wanted
+        again: dict[Address, list[bytes]] = {}
+        while pulls and pulls[0][0] <= now:
+            _, _, key = heapq.heappop(pulls)
+            entry = wanted.get(key)
+            if entry is None or entry[2] > now:
+                continue  # answered, or rescheduled
+            if entry[1] >= PULL_ATTEMPTS:
+                del wanted[key]
+                continue
+            entry[1] += 1
+            entry[2] = now + self._ack_wait()
+            self._timer_seq += 1
+            heapq.heappush(pulls, (entry[2], self._timer_seq, key))
+            again.setdefault(entry[0], []).append(key)
+        step = self.codec.max_keys()
+        for peer, keys in again.items():
+            self._n_pull_retries += len(keys)
+            for i in range(0, len(keys), step):
+                self._send(PullRequest(tuple(keys[i : i + step])), (peer,), now)
 
     def _on_request(self, keys: tuple[bytes, ...], addr: Address, size: int, now: float) -> None:
         # Sealed packets prove the sender holds a cluster key; known peers are in our own
@@ -445,25 +503,20 @@ class GossipEngine:
         self._timer_seq += 1
         heapq.heappush(self._timers, (rnd.deadline, self._timer_seq, key))
 
-    def _pull_sync(
-        self, keys: Sequence[bytes], npeers: int, exclude: set[Address], now: float
-    ) -> None:
+    def _pull_sync(self, keys: Sequence[bytes], peer: Address, now: float) -> None:
+        """Send ``peer`` digests of those ``keys`` still cached (one datagram per max_keys)."""
         live = [k for k in keys if k in self._cache]
-        if not live:
-            return
-        targets = self._choose(npeers, exclude) or self._choose(npeers, set())
-        if not targets:
-            return
         step = self.codec.max_keys()
         for i in range(0, len(live), step):
-            self._send(PullSync(tuple(live[i : i + step])), targets, now)
-            self._n_syncs += len(targets)
+            self._send(PullSync(tuple(live[i : i + step])), (peer,), now)
+            self._n_syncs += 1
 
     def _anti_entropy(self, now: float) -> None:
         self._expire_seen(now)
         digest = self._digest(now)
         if digest:
-            self._pull_sync(digest, 1, set(), now)
+            for peer in self._choose(1, set()):
+                self._pull_sync(digest, peer, now)
 
     def _digest(self, now: float) -> list[bytes]:
         """The cached keys younger than the TTL, up to ``sync_max_datagrams`` datagrams of

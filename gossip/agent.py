@@ -1,0 +1,408 @@
+"""``gossip agent``: one gossip node on UDP that speaks JSON lines (stdin in, stdout out).
+
+Usage (flags and output are a stable interface: scripts depend on them)::
+
+    gossip agent --bind HOST:PORT --peers HOST:PORT[,HOST:PORT...] [--peers ...]
+                 [--key-file PATH] [--fanout N] [--stats-interval SECONDS]
+
+``--bind``
+    The UDP address to listen on. IPv6 hosts go in brackets: ``[::1]:7946``. Port 0 picks a
+    free port (printed on stderr).
+``--peers``
+    Comma-separated peer addresses, same syntax; the flag may be repeated. The list may hold
+    the agent's own address (it is skipped), so all agents of a cluster can share one list.
+    Host names are resolved once at start-up, in the address family of ``--bind`` (IPv4
+    peers of an IPv6 agent are reached as IPv4-mapped addresses).
+``--key-file``
+    A key file written by ``gossip keygen`` (mode 0600): packets are sealed with AES-256-CBC
+    + HMAC-SHA256. Without it the cluster runs in plain text.
+``--fanout``
+    Peers per push round (default 3).
+``--stats-interval``
+    Print a ``stats`` line every this many seconds, and a last one at shutdown.
+
+Input: every line read from stdin is published as one message: its bytes (UTF-8 text as
+typed) without the trailing ``\\n``. A last line without a newline is published at EOF. A line
+too large for one datagram is not published; a note goes to stderr.
+
+Output, stdout, one JSON object per line, written as soon as it is known::
+
+    {"event": "message", "key": "<hex>", "data": "<base64>", "origin": "<host:port>", "ts": <float>}
+    {"event": "stats", "ts": <float>, "address": "<host:port>", "engine": {...},
+     "transport": {...}, "delivery_queued": <int>, "delivery_overflow": <int>}
+
+A ``message`` line is written once per message delivered to this node, never for the agent's
+own messages. ``key`` is the 16-byte message id, ``data`` the payload, ``origin`` the peer the
+message arrived from (the wire format does not name the publisher; IPv6 as ``[addr]:port``)
+and ``ts`` the Unix time of arrival. In a ``stats`` line, ``engine`` and ``transport`` hold
+every counter of :class:`~gossip.protocol.EngineStatistics` and
+:class:`~gossip.transport.base.TransportStatistics`; ``delivery_overflow`` counts messages
+not printed because the delivery queue was full (see below).
+
+Stderr carries human-readable notes (not a stable format), first ``listening on HOST:PORT``.
+
+Shutdown: SIGINT, SIGTERM, end of stdin, or stdout closed by its reader; the agent then prints
+what was already delivered and exits 0. After end of stdin it keeps serving for
+``2 x ack_timeout`` (0.6 s) past its last publication, so that the last messages' ACK round
+and pull fallback can complete. Exit status: 0 clean shutdown, 1 runtime failure (cannot
+bind, cannot write stdout), 2 bad arguments or key file.
+
+A stalled stdout never makes the node deaf: lines are written from a worker thread, and
+messages beyond the delivery queue (1024) are dropped from stdout and counted in
+``delivery_overflow`` (the node still acknowledges and forwards them).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Final
+
+import attrs
+import trio
+
+from gossip.crypto import Keyring
+from gossip.discovery import StaticDiscovery
+from gossip.errors import LocalProtocolError
+from gossip.node import Gossiper, Message, open_gossiper
+from gossip.protocol import GossipConfig, GossipEngine
+from gossip.transport.base import Address
+from gossip.transport.udp import open_udp_transport
+
+__all__ = [
+    "AgentOptions",
+    "format_address",
+    "format_message",
+    "parse_hostport",
+    "resolve_addresses",
+    "run_agent",
+]
+
+#: Bytes asked of stdin per read.
+READ_CHUNK: Final = 65536
+#: A line longer than this is skipped without buffering it all (no payload is this large).
+MAX_LINE: Final = 65536
+#: Delivered messages written per thread hop when stdout falls behind.
+WRITE_BATCH: Final = 256
+#: Seconds a shutdown waits to print what was already delivered.
+DRAIN_TIMEOUT: Final = 1.0
+
+
+@attrs.frozen
+class AgentOptions:
+    """What ``gossip agent`` runs with; addresses already resolved to numeric hosts.
+
+    Attributes:
+        bind: the local UDP address.
+        peers: the static peer list.
+        keyring: cluster keys; ``None`` for a plain-text cluster.
+        fanout: peers per push round.
+        stats_interval: seconds between ``stats`` lines; ``None`` for none.
+        delivery_queue: messages buffered for stdout before they count as overflow.
+    """
+
+    bind: Address
+    peers: tuple[Address, ...]
+    keyring: Keyring | None = None
+    fanout: int = 3
+    stats_interval: float | None = None
+    delivery_queue: int = 1024
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` or ``[IPV6]:PORT`` into ``(host, port)``; nothing is resolved.
+
+    Raises:
+        ValueError: with a message fit for the user.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep or not host:
+            raise ValueError(f"{text!r}: expected [IPV6]:PORT")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{text!r}: expected HOST:PORT")
+        if ":" in host:
+            raise ValueError(f"{text!r}: write IPv6 addresses in brackets, as [::1]:7946")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: the port must be a number in 0..65535")
+    return host, int(port_text)
+
+
+def format_address(addr: Address) -> str:
+    """``host:port``, or ``[host]:port`` for IPv6: the syntax :func:`parse_hostport` reads."""
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def resolve_addresses(
+    bind: tuple[str, int], peers: Iterable[tuple[str, int]]
+) -> tuple[Address, tuple[Address, ...]]:
+    """Resolve the bind address and the peers to numeric hosts of the bind address's family.
+
+    Blocking (``getaddrinfo``): call it before the event loop starts.
+
+    Raises:
+        LocalProtocolError: a host that does not resolve, or a peer with no address in the
+            bind address's family, or a peer with port 0.
+    """
+    infos = _getaddrinfo(bind[0], bind[1], socket.AI_PASSIVE)
+    family = infos[0][0]
+    local: Address = (infos[0][1], bind[1])
+    resolved: list[Address] = []
+    for host, port in peers:
+        if port == 0:
+            raise LocalProtocolError(f"peer {format_address((host, port))} has port 0")
+        infos = _getaddrinfo(host, port, 0)
+        same = [numeric for fam, numeric in infos if fam == family]
+        if same:
+            resolved.append((same[0], port))
+        elif family == socket.AF_INET6:
+            # An IPv6 socket reaches IPv4 peers through mapped addresses (dual stack).
+            resolved.append((f"::ffff:{infos[0][1]}", port))
+        else:
+            raise LocalProtocolError(
+                f"peer {format_address((host, port))} has no IPv4 address, and --bind is IPv4"
+            )
+    return local, tuple(dict.fromkeys(resolved))
+
+
+def _getaddrinfo(host: str, port: int, flags: int) -> list[tuple[int, str]]:
+    """``(family, numeric host)`` of every IPv4/IPv6 address of ``host``, in resolver order."""
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM, 0, flags)
+    except (socket.gaierror, UnicodeError) as err:
+        raise LocalProtocolError(f"cannot resolve {host!r}: {err}") from None
+    usable = [
+        (int(family), str(sockaddr[0]))
+        for family, _, _, _, sockaddr in infos
+        if family in (socket.AF_INET, socket.AF_INET6)
+    ]
+    if not usable:
+        raise LocalProtocolError(f"{host!r} has no IPv4 or IPv6 address")
+    return usable
+
+
+def format_message(message: Message) -> str:
+    """The stdout line of a delivered message (without the newline)."""
+    return json.dumps(
+        {
+            "event": "message",
+            "key": message.key.hex(),
+            "data": base64.b64encode(message.data).decode("ascii"),
+            "origin": None if message.origin is None else format_address(message.origin),
+            "ts": message.timestamp,
+        }
+    )
+
+
+def _note(text: str) -> None:
+    print(f"gossip agent: {text}", file=sys.stderr, flush=True)
+
+
+def _read_chunk(fd: int) -> bytes:
+    try:
+        return os.read(fd, READ_CHUNK)
+    except BlockingIOError:
+        # Someone set O_NONBLOCK on a shared description (a terminal): wait, then read.
+        select.select([fd], [], [])
+        return _read_chunk(fd)
+    except OSError as err:
+        if err.errno in (errno.EBADF, errno.EIO, errno.EINVAL):
+            return b""  # stdin closed or a hung-up terminal: the same as end of input
+        raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            select.select([], [fd], [])
+
+
+class _Agent:
+    """The tasks of one agent around a running :class:`~gossip.node.Gossiper`."""
+
+    def __init__(self, node: Gossiper[GossipEngine], options: AgentOptions, stdout_fd: int) -> None:
+        self.node = node
+        self.options = options
+        self.stopped = trio.Event()
+        self.failed = False
+        self._stdout_fd = stdout_fd
+        self._write_lock = trio.Lock()
+        self._unwritten: list[Message] = []
+        self._last_push: float | None = None
+        self._grace = 2 * node.engine.config.ack_timeout
+
+    async def write_lines(self, lines: Sequence[str]) -> None:
+        """Write lines to stdout from a worker thread: a stalled reader never stalls the node.
+
+        Raises:
+            OSError: stdout is gone (``BrokenPipeError``: the reader closed it).
+        """
+        if not lines:
+            return
+        data = "".join(line + "\n" for line in lines).encode("utf-8")
+        async with self._write_lock:
+            await trio.to_thread.run_sync(_write_all, self._stdout_fd, data, abandon_on_cancel=True)
+
+    async def print_messages(self) -> None:
+        """Write every delivered message to stdout; stop the agent if stdout goes away."""
+        node = self.node
+        try:
+            while True:
+                self._unwritten.append(await node.receive())
+                # Batch what is already queued into one thread hop.
+                while len(self._unwritten) < WRITE_BATCH and node.statistics().delivery_queued:
+                    self._unwritten.append(await node.receive())
+                # The worker thread owns the batch from here (it writes even if we are cancelled).
+                batch, self._unwritten = self._unwritten, []
+                await self.write_lines([format_message(m) for m in batch])
+        except OSError as err:
+            self._stdout_failed(err)
+
+    async def print_stats(self, interval: float) -> None:
+        """Write a ``stats`` line every ``interval`` seconds."""
+        deadline = trio.current_time()
+        try:
+            while True:
+                deadline += interval
+                await trio.sleep_until(deadline)
+                await self.write_lines([self.stats_line()])
+        except OSError as err:
+            self._stdout_failed(err)
+
+    def _stdout_failed(self, err: OSError) -> None:
+        # The reader went away (EPIPE): a normal way to stop. Anything else is a failure.
+        if not isinstance(err, BrokenPipeError):
+            _note(f"cannot write to stdout: {err.strerror or err}")
+            self.failed = True
+        self.stopped.set()
+
+    def stats_line(self) -> str:
+        """The ``stats`` line for the current counters."""
+        return json.dumps(
+            {
+                "event": "stats",
+                "ts": time.time(),
+                "address": format_address(self.node.local_address),
+                **attrs.asdict(self.node.statistics()),
+            }
+        )
+
+    async def publish_stdin(self, fd: int) -> None:
+        """Publish every line of ``fd``; at its end, linger for the last ACK round, then stop."""
+        buffer = b""
+        skipping = False
+        while True:
+            # A thread, not an FdStream: no O_NONBLOCK on a description shared with the
+            # terminal, and /dev/null or a regular file work as they are.
+            chunk = await trio.to_thread.run_sync(_read_chunk, fd, abandon_on_cancel=True)
+            if not chunk:
+                break
+            *lines, buffer = (buffer + chunk).split(b"\n")
+            for line in lines:
+                if skipping:
+                    skipping = False  # the tail of an over-long line
+                else:
+                    await self._publish(line)
+            if len(buffer) > MAX_LINE:
+                if not skipping:
+                    _note(f"a line longer than {MAX_LINE} bytes was not published")
+                buffer, skipping = b"", True
+        if buffer and not skipping:
+            await self._publish(buffer)
+        if self._last_push is not None:
+            await trio.sleep_until(self._last_push + self._grace)
+        self.stopped.set()
+
+    async def _publish(self, line: bytes) -> None:
+        try:
+            await self.node.push(line)
+        except LocalProtocolError as err:
+            _note(f"line not published: {err}")
+            return
+        self._last_push = trio.current_time()
+
+    async def watch_signals(self, signals: AsyncIterator[int]) -> None:
+        """Stop the agent at the first SIGINT or SIGTERM."""
+        async for _ in signals:
+            self.stopped.set()
+            return
+
+    async def drain(self) -> None:
+        """Print what was delivered but not yet written; bounded by :data:`DRAIN_TIMEOUT`."""
+        node = self.node
+        messages, self._unwritten = self._unwritten, []
+        # receive() returns at once for queued messages.
+        for _ in range(node.statistics().delivery_queued):
+            messages.append(await node.receive())
+        lines = [format_message(m) for m in messages]
+        if self.options.stats_interval is not None:
+            lines.append(self.stats_line())
+        with trio.move_on_after(DRAIN_TIMEOUT):
+            with contextlib.suppress(OSError):
+                await self.write_lines(lines)
+
+
+async def run_agent(options: AgentOptions, *, stdin_fd: int = 0, stdout_fd: int = 1) -> int:
+    """Run one agent until a signal, the end of stdin, or a closed stdout.
+
+    Must run in the main thread (it installs signal handlers).
+
+    Args:
+        options: what to run.
+        stdin_fd: the descriptor lines to publish are read from.
+        stdout_fd: the descriptor JSON lines are written to.
+
+    Returns:
+        The exit status: 0 after a clean shutdown, 1 when the address cannot be bound or
+        stdout fails (other than its reader closing it).
+    """
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            transport = await open_udp_transport(*options.bind)
+        except OSError as err:
+            _note(f"cannot bind {format_address(options.bind)}: {err.strerror or err}")
+            return 1
+        config = GossipConfig(fanout=options.fanout)
+        async with (
+            transport,
+            open_gossiper(
+                StaticDiscovery(options.peers),
+                transport,
+                config,
+                keyring=options.keyring,
+                delivery_queue=options.delivery_queue,
+            ) as node,
+        ):
+            agent = _Agent(node, options, stdout_fd)
+            mode = "encrypted" if options.keyring is not None else "plain text"
+            _note(
+                f"listening on {format_address(node.local_address)} "
+                f"({len(options.peers)} peer{'' if len(options.peers) == 1 else 's'}, {mode}, "
+                f"fanout {options.fanout})"
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(agent.watch_signals, signals)
+                nursery.start_soon(agent.publish_stdin, stdin_fd)
+                nursery.start_soon(agent.print_messages)
+                if options.stats_interval is not None:
+                    nursery.start_soon(agent.print_stats, options.stats_interval)
+                await agent.stopped.wait()
+                nursery.cancel_scope.cancel()
+            await agent.drain()
+    return 1 if agent.failed else 0
