@@ -348,6 +348,29 @@ class Codec:
             return primary.seal(label + packet.key, packet.data)
         return primary.seal(label, body)
 
+    def encode_message(self, ptype: int, key: bytes, data: bytes, now: float) -> bytes:
+        """Fast path of :meth:`encode` for a PushMessage (``ptype`` 1) or PullResponse (5)
+        whose key and size the caller already guarantees (the engine's own messages: it
+        checked the payload at push time, or received it in a datagram of the same limit)."""
+        ts = int((now + self.clock_offset) * 1000)
+        keyring = self._keyring
+        if keyring is None:
+            return _pack_label(MAGIC_VERSION, ptype, 0, 0, ts) + key + data
+        primary = keyring.primary
+        return primary.seal(
+            _pack_label(MAGIC_VERSION, ptype, self._enc, primary.key_id, ts) + key, data
+        )
+
+    def encode_ack(self, key: bytes, now: float) -> bytes:
+        """Fast path of :meth:`encode` for a PushAck of a valid key."""
+        ts = int((now + self.clock_offset) * 1000)
+        keyring = self._keyring
+        if keyring is None:
+            return _pack_label(MAGIC_VERSION, PacketType.PUSH_ACK, 0, 0, ts) + key
+        primary = keyring.primary
+        label = _pack_label(MAGIC_VERSION, PacketType.PUSH_ACK, self._enc, primary.key_id, ts)
+        return primary.seal(label, key)
+
     def decode_untrusted(self, datagram: bytes, now: float) -> Packet:
         """Check, authenticate and parse a datagram from the network.
 
