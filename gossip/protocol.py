@@ -105,6 +105,10 @@ class GossipConfig:
         amplification_limit: answers to an unauthenticated peer we do not know are at most this
             many times the size of its request (no reflection amplification).
         sync_max_datagrams: digest datagrams per anti-entropy round at most.
+        echo_suppression: a push round that missed its ACK majority is still not followed by
+            a PullSync if the message came back to this node this many times meanwhile (it is
+            spreading; the missing ACKs were duplicates). 0 disables. Lower saves packets and
+            costs tail latency (docs/benchmarks.md has the trade-off).
     """
 
     fanout: int = attrs.field(default=3, validator=_count(1))
@@ -123,6 +127,7 @@ class GossipConfig:
     replay_capacity: int = attrs.field(default=16384, validator=_count(16))
     amplification_limit: int = attrs.field(default=3, validator=_count(1))
     sync_max_datagrams: int = attrs.field(default=8, validator=_count(1))
+    echo_suppression: int = attrs.field(default=3, validator=_count(0))
 
     def __attrs_post_init__(self) -> None:
         if not MIN_DATAGRAM_LIMIT <= self.max_datagram <= MAX_DATAGRAM_LIMIT:
@@ -161,7 +166,7 @@ class EngineStatistics:
 class _Round:
     """One push round waiting for ACKs."""
 
-    __slots__ = ("acked", "deadline", "exclude", "started", "targets")
+    __slots__ = ("acked", "deadline", "echoed", "exclude", "started", "targets")
 
     def __init__(self, targets: tuple[Address, ...], exclude: Address | None, now: float) -> None:
         self.targets = targets
@@ -169,6 +174,7 @@ class _Round:
         self.exclude = exclude
         self.started = now
         self.deadline = 0.0
+        self.echoed = 0
 
 
 _PUSH: Final = int(PacketType.PUSH_MESSAGE)
@@ -218,6 +224,7 @@ class GossipEngine:
             clock_offset=clock_offset,
         )
         self._clock_offset = clock_offset
+        self._echo_limit = config.echo_suppression
         self._ttl_ms = int(config.message_ttl * 1000)
         self._skew_ms = int(config.max_clock_skew * 1000)
         # The cache bounds bytes natively (getsizeof); the entry bound is kept by hand below.
@@ -339,6 +346,9 @@ class GossipEngine:
             # A duplicate costs no crypto. A forged datagram carrying a seen key is dropped
             # here too, exactly as it would be after a failed MAC check.
             self._n_duplicates += 1
+            rnd = self._rounds.get(key)
+            if rnd is not None:
+                rnd.echoed += 1
             return
         try:
             packet = self.codec.decode_untrusted(datagram, now)
@@ -365,6 +375,8 @@ class GossipEngine:
             rnd = self._rounds.pop(key, None)
             if rnd is None or len(rnd.acked) * 2 > len(rnd.targets):
                 continue
+            if self._echo_limit and rnd.echoed >= self._echo_limit:
+                continue  # it keeps coming back to us: spread, not stalled
             # No real majority: the message may have stalled. Offer it to fanout + 2 random
             # peers, never to one known to hold it (an ACKer, the sender). A silent target may
             # be drawn again: under loss it is the likeliest to lack the message; without loss
@@ -387,6 +399,9 @@ class GossipEngine:
     ) -> None:
         if key in self._seen:
             self._n_duplicates += 1
+            rnd = self._rounds.get(key)
+            if rnd is not None:
+                rnd.echoed += 1
             return
         key_ms = key_timestamp_ms(key)
         now_ms = self._now_ms(now)

@@ -322,3 +322,18 @@ def test_duplicates_are_dropped_before_any_crypto() -> None:
     engine.receive(fresh[:-1] + bytes([fresh[-1] ^ 1]), addr(0), h.now)
     assert engine.statistics().dropped["mac"] == 1
     assert engine.statistics().delivered == 1
+
+
+@pytest.mark.parametrize(("limit", "echoes", "syncs"), [(3, 3, 0), (3, 2, 5), (0, 5, 5)])
+def test_echoes_suppress_the_pull_fallback(limit: int, echoes: int, syncs: int) -> None:
+    """A round without an ACK majority whose message came back ``echo_suppression`` times is
+    spreading, not stalled: no PullSync. Fewer echoes (or the rule off): the fallback runs."""
+    h = Harness(10, config=GossipConfig(echo_suppression=limit, sync_interval=100.0))
+    key = h.push(0, b"x")
+    h.in_flight.clear()  # no ACKs will come
+    echo = sealed(PushMessage(key, b"x"), h.now)
+    for i in range(echoes):
+        h.engines[0].receive(echo, addr(1 + i), h.now)  # duplicates from other forwarders
+    h.advance(0.31)
+    sent = [decode(h, d) for _, _, d in h.in_flight]
+    assert sum(isinstance(p, PullSync) for p in sent) == syncs
