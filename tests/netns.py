@@ -134,8 +134,9 @@ def _prefix(tag: str) -> str:
     return f"gsp{os.getpid()}{tag}"
 
 
-def build_star(k: int, tag: str = "t") -> Topology:
-    """Sender + bridge + ``k`` peers (``k`` <= 200)."""
+def build_star(k: int, tag: str = "t", *, peers_tx_offload: bool = True) -> Topology:
+    """Sender + bridge + ``k`` peers (``k`` <= 200). TX checksum offload is off on the
+    sender's veth, and on every peer's too unless ``peers_tx_offload`` (peers that send)."""
     prefix = _prefix(tag)
     topo = Topology(
         prefix=prefix,
@@ -169,6 +170,9 @@ def build_star(k: int, tag: str = "t") -> Topology:
                 ["link set lo up", f"addr add {ip}/24 dev gzxp{i}", f"link set gzxp{i} up"],
             )
         _tx_offload_off(topo.sender, SENDER_IF)
+        if not peers_tx_offload:
+            for i, ns in enumerate(topo.peers):
+                _tx_offload_off(ns, f"gzxp{i}")
     except BaseException:
         topo.close()
         raise

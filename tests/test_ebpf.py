@@ -523,3 +523,37 @@ async def test_stale_clsact_filter_is_removed_at_start(topo: netns.Topology) -> 
         shown = _egress_filters(topo)
         assert stale not in shown and f"gossip_cloner-{os.getpid()}" in shown
     assert "gossip_cloner" not in _egress_filters(topo)
+
+
+class _FakeMsg:
+    def __init__(self, **attrs: str) -> None:
+        self._attrs = attrs
+
+    def get_attr(self, name: str) -> str | None:
+        return self._attrs.get(name)
+
+
+class _FakeIPR:
+    def __init__(self, gateways: list[str], neighbours: dict[str, str]) -> None:
+        self.gateways, self.neighbours = gateways, neighbours
+
+    def get_routes(self, family: int) -> list[_FakeMsg]:
+        return [_FakeMsg(RTA_GATEWAY=g) for g in self.gateways]
+
+    def get_neighbours(self, family: int, dst: str) -> list[_FakeMsg]:
+        mac = self.neighbours.get(dst)
+        return [_FakeMsg(NDA_LLADDR=mac)] if mac else []
+
+
+def test_marker_that_is_a_real_host_is_refused() -> None:
+    """Taking over a gateway's or a live neighbour's address would blackhole it."""
+    from gossip.errors import LocalProtocolError  # noqa: PLC0415
+    from gossip.transport._netlink import _refuse_live_marker  # noqa: PLC0415
+
+    ours = bytes.fromhex("020000000001")
+    with pytest.raises(LocalProtocolError, match="gateway"):
+        _refuse_live_marker(_FakeIPR(["192.0.2.1"], {}), "192.0.2.1", ours)
+    with pytest.raises(LocalProtocolError, match="live neighbour"):
+        _refuse_live_marker(_FakeIPR([], {"10.9.9.9": "aa:bb:cc:dd:ee:ff"}), "10.9.9.9", ours)
+    # Our own permanent entry from an earlier transport is fine.
+    _refuse_live_marker(_FakeIPR(["10.0.0.1"], {"10.9.9.9": ours.hex(":")}), "10.9.9.9", ours)

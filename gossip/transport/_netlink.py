@@ -17,6 +17,8 @@ from typing import Any
 
 import attrs
 
+from gossip.errors import LocalProtocolError
+
 __all__ = [
     "FILTER_PREFIX",
     "session",
@@ -129,10 +131,29 @@ def install_marker(netns_key: object, index: int, addr: str, mac: bytes, given: 
     should a marker datagram ever pass the cloner untouched, no other host accepts it.
     """
     with _marker_lock, _ipr(given) as ipr:
+        _refuse_live_marker(ipr, addr, mac)
         ipr.route("replace", dst=addr, dst_len=32, oif=index, scope=_RT_SCOPE_LINK)
         ipr.neigh("replace", dst=addr, lladdr=mac.hex(":"), ifindex=index, state=_NUD_PERMANENT)
         key = (netns_key, index, addr)
         _marker_users[key] = _marker_users.get(key, 0) + 1
+
+
+def _refuse_live_marker(ipr: Any, addr: str, mac: bytes) -> None:
+    """Refuse a marker that is a real host here: a route's gateway, or a neighbour with a MAC
+    that is not ours. Taking it over would blackhole that host (on some machines TEST-NET
+    addresses are in use: one such machine's default gateway was 192.0.2.1)."""
+    for route in ipr.get_routes(family=socket.AF_INET):
+        if route.get_attr("RTA_GATEWAY") == addr:
+            raise LocalProtocolError(
+                f"marker {addr} is a gateway on this host; choose another marker address"
+            )
+    ours = mac.hex(":")
+    for neigh in ipr.get_neighbours(family=socket.AF_INET, dst=addr):
+        lladdr = neigh.get_attr("NDA_LLADDR")
+        if lladdr and lladdr.lower() != ours:
+            raise LocalProtocolError(
+                f"marker {addr} is a live neighbour ({lladdr}); choose another marker address"
+            )
 
 
 def remove_marker(netns_key: object, index: int, addr: str) -> None:
@@ -149,7 +170,7 @@ def remove_marker(netns_key: object, index: int, addr: str) -> None:
             with contextlib.suppress(Exception):
                 ipr.neigh("del", dst=addr, ifindex=index)
             with contextlib.suppress(Exception):
-                ipr.route("del", dst=addr, dst_len=32, oif=index)
+                ipr.route("del", dst=addr, dst_len=32, oif=index, scope=_RT_SCOPE_LINK)
 
 
 def _pid_alive(pid: int) -> bool:

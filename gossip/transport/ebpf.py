@@ -66,10 +66,11 @@ __all__ = [
 #: Peers per kernel fan-out (``CLONER_MAX_PEERS`` in ``bpf/cloner.c``).
 MAX_PEERS = 64
 
-#: Where fan-out datagrams are sent: an address from TEST-NET-1 (RFC 5737, never routed) and
-#: the discard port. The transport routes it out of its interface with a permanent neighbour
-#: entry; the program matches address and port.
-DEFAULT_MARKER: Address = ("192.0.2.1", 9)
+#: Where fan-out datagrams are sent: an address from the benchmarking range 198.18.0.0/15
+#: (RFC 2544, not routed on the internet) and the discard port. The transport routes it out of
+#: its interface with a permanent neighbour entry and refuses a marker that is a gateway or a
+#: live neighbour here; the program matches address and port.
+DEFAULT_MARKER: Address = ("198.18.255.254", 9)
 
 Loader = Literal["libbpf", "bcc"]
 AttachMode = Literal["auto", "tcx", "clsact"]
