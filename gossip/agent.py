@@ -3,7 +3,9 @@
 Usage (flags and output are a stable interface: scripts depend on them)::
 
     gossip agent --bind HOST:PORT --peers HOST:PORT[,HOST:PORT...] [--peers ...]
-                 [--key-file PATH] [--fanout N] [--stats-interval SECONDS]
+                 [--profile native|go-gossip] [--key-file PATH | --passphrase-file PATH]
+                 [--fanout N] [--transport udp|ebpf [--interface IF]]
+                 [--stats-interval SECONDS]
 
 ``--bind``
     The UDP address to listen on. IPv6 hosts go in brackets: ``[::1]:7946``. Port 0 picks a
@@ -13,11 +15,27 @@ Usage (flags and output are a stable interface: scripts depend on them)::
     the agent's own address (it is skipped), so all agents of a cluster can share one list.
     Host names are resolved once at start-up, in the address family of ``--bind`` (IPv4
     peers of an IPv6 agent are reached as IPv4-mapped addresses).
+``--profile``
+    ``native`` (the default): trio-gossip's push-pull protocol. ``go-gossip``: the go-gossip
+    (HEAD) compatibility profile, which joins a cluster of Go nodes (``docs/interop.md``):
+    pull-only, a PullRequest to ``--fanout`` peers every 200 ms, messages of at most 4,086
+    bytes, 8-byte message keys.
 ``--key-file``
-    A key file written by ``gossip keygen`` (mode 0600): packets are sealed with AES-256-CBC
-    + HMAC-SHA256. Without it the cluster runs in plain text.
+    Native profile only. A key file written by ``gossip keygen`` (mode 0600): packets are
+    sealed with AES-256-CBC + HMAC-SHA256. Without it the cluster runs in plain text.
+``--passphrase-file``
+    go-gossip profile only. A file holding go-gossip's passphrase (UTF-8, one trailing newline
+    removed): packets use go-gossip's legacy AES-256-CBC, which has **no integrity** (see
+    ``docs/interop.md``). Without it the node speaks plaintext go-gossip.
 ``--fanout``
-    Peers per push round (default 3).
+    Native: peers per push round (default 3). go-gossip: peers per PullRequest round, Go's
+    ``GossipNumber`` (default 2).
+``--transport``
+    ``udp`` (the default) or ``ebpf``: the eBPF cloner (``docs/ebpf.md``) on ``--interface``
+    sends each fan-out with one ``sendto()``. Native profile only. When the cloner cannot
+    run there (no privileges, no object, no such interface...), the agent says why on stderr
+    and falls back to plain UDP; it does not fail. Fan-outs the cloner cannot serve at run
+    time are counted in the stats line's ``transport.fallbacks``.
 ``--stats-interval``
     Print a ``stats`` line every this many seconds, and a last one at shutdown.
 
@@ -32,20 +50,25 @@ Output, stdout, one JSON object per line, written as soon as it is known::
      "transport": {...}, "delivery_queued": <int>, "delivery_overflow": <int>}
 
 A ``message`` line is written once per message delivered to this node, never for the agent's
-own messages. ``key`` is the 16-byte message id, ``data`` the payload, ``origin`` the peer the
+own messages. ``key`` is the message id (16 bytes; 8 bytes, go-gossip's key, with
+``--profile go-gossip``), ``data`` the payload, ``origin`` the peer the
 message arrived from (the wire format does not name the publisher; IPv6 as ``[addr]:port``)
 and ``ts`` the Unix time of arrival. In a ``stats`` line, ``engine`` and ``transport`` hold
-every counter of :class:`~gossip.protocol.EngineStatistics` and
+every counter of :class:`~gossip.protocol.EngineStatistics` (with ``--profile go-gossip``:
+:class:`~gossip.compat.GoGossipStatistics`) and
 :class:`~gossip.transport.base.TransportStatistics`; ``delivery_overflow`` counts messages
 not printed because the delivery queue was full (see below).
 
-Stderr carries human-readable notes (not a stable format), first ``listening on HOST:PORT``.
+Stderr carries human-readable notes (not a stable format): ``listening on HOST:PORT`` once
+the node runs (with ``--transport ebpf``, after a line saying whether the cloner is in use).
 
 Shutdown: SIGINT, SIGTERM, end of stdin, or stdout closed by its reader; the agent then prints
 what was already delivered and exits 0. After end of stdin it keeps serving for
 ``2 x ack_timeout`` (0.6 s) past its last publication, so that the last messages' ACK round
-and pull fallback can complete. Exit status: 0 clean shutdown, 1 runtime failure (cannot
-bind, cannot write stdout), 2 bad arguments or key file.
+and pull fallback can complete (go-gossip profile: 5 pull intervals, 1 s, so that peers
+can pull the last messages). Exit status: 0 clean shutdown, 1 runtime failure (cannot
+bind, cannot write stdout), 2 bad arguments (conflicting options included), key file or
+passphrase file.
 
 A stalled stdout never makes the node deaf: lines are written from a worker thread, and
 messages beyond the delivery queue (1024) are dropped from stdout and counted in
@@ -65,21 +88,26 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Final
+from typing import Any, Final, Literal
 
 import attrs
 import trio
 
+from gossip.compat.gogossip import PULL_INTERVAL
+from gossip.compat.legacy_cipher import LegacyGoGossipCipher
+from gossip.compat.runtime import open_go_gossiper
 from gossip.crypto import Keyring
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
 from gossip.node import Gossiper, Message, open_gossiper
-from gossip.protocol import GossipConfig, GossipEngine
-from gossip.transport.base import Address
+from gossip.protocol import GossipConfig
+from gossip.transport.base import Address, Transport
 from gossip.transport.udp import open_udp_transport
 
 __all__ = [
     "AgentOptions",
+    "Profile",
+    "TransportKind",
     "format_address",
     "format_message",
     "parse_hostport",
@@ -95,6 +123,14 @@ MAX_LINE: Final = 65536
 WRITE_BATCH: Final = 256
 #: Seconds a shutdown waits to print what was already delivered.
 DRAIN_TIMEOUT: Final = 1.0
+#: go-gossip profile: pull rounds the agent keeps serving after its last publication (at end
+#: of stdin), so that peers pull the last messages.
+GO_GOSSIP_GRACE_ROUNDS: Final = 5
+
+#: ``--profile``: the native push-pull protocol or the go-gossip compatibility profile.
+Profile = Literal["native", "go-gossip"]
+#: ``--transport``: plain UDP or the eBPF cloner.
+TransportKind = Literal["udp", "ebpf"]
 
 
 @attrs.frozen
@@ -104,10 +140,20 @@ class AgentOptions:
     Attributes:
         bind: the local UDP address.
         peers: the static peer list.
-        keyring: cluster keys; ``None`` for a plain-text cluster.
-        fanout: peers per push round.
+        keyring: cluster keys (native profile); ``None`` for a plain-text cluster.
+        fanout: peers per push round; with the go-gossip profile, peers per PullRequest
+            round (go-gossip's ``GossipNumber``).
         stats_interval: seconds between ``stats`` lines; ``None`` for none.
         delivery_queue: messages buffered for stdout before they count as overflow.
+        profile: ``"native"`` or ``"go-gossip"``.
+        cipher: go-gossip's legacy cipher (go-gossip profile); ``None`` for plaintext.
+        transport: ``"udp"`` or ``"ebpf"`` (native profile only; needs ``interface``).
+        interface: the network interface of the eBPF cloner.
+
+    Raises:
+        LocalProtocolError: options that do not go together (a keyring with the go-gossip
+            profile, a cipher with the native one, ``ebpf`` without an interface or with
+            the go-gossip profile, an interface without ``ebpf``).
     """
 
     bind: Address
@@ -116,6 +162,30 @@ class AgentOptions:
     fanout: int = 3
     stats_interval: float | None = None
     delivery_queue: int = 1024
+    profile: Profile = "native"
+    cipher: LegacyGoGossipCipher | None = None
+    transport: TransportKind = "udp"
+    interface: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.profile not in ("native", "go-gossip"):
+            raise LocalProtocolError(f"unknown profile {self.profile!r}")
+        if self.transport not in ("udp", "ebpf"):
+            raise LocalProtocolError(f"unknown transport {self.transport!r}")
+        if self.profile == "go-gossip" and self.keyring is not None:
+            raise LocalProtocolError(
+                "--key-file is for the native profile; a go-gossip cluster uses --passphrase-file"
+            )
+        if self.profile == "native" and self.cipher is not None:
+            raise LocalProtocolError(
+                "--passphrase-file is for --profile go-gossip; a native cluster uses --key-file"
+            )
+        if self.transport == "ebpf" and self.profile != "native":
+            raise LocalProtocolError("--transport ebpf is for the native profile only")
+        if self.transport == "ebpf" and not self.interface:
+            raise LocalProtocolError("--transport ebpf needs --interface IF")
+        if self.transport != "ebpf" and self.interface is not None:
+            raise LocalProtocolError("--interface is only used with --transport ebpf")
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -236,7 +306,9 @@ def _write_all(fd: int, data: bytes) -> None:
 class _Agent:
     """The tasks of one agent around a running :class:`~gossip.node.Gossiper`."""
 
-    def __init__(self, node: Gossiper[GossipEngine], options: AgentOptions, stdout_fd: int) -> None:
+    def __init__(
+        self, node: Gossiper[Any], options: AgentOptions, stdout_fd: int, grace: float
+    ) -> None:
         self.node = node
         self.options = options
         self.stopped = trio.Event()
@@ -245,7 +317,7 @@ class _Agent:
         self._write_lock = trio.Lock()
         self._unwritten: list[Message] = []
         self._last_push: float | None = None
-        self._grace = 2 * node.engine.config.ack_timeout
+        self._grace = grace
 
     async def write_lines(self, lines: Sequence[str]) -> None:
         """Write lines to stdout from a worker thread: a stalled reader never stalls the node.
@@ -358,6 +430,83 @@ class _Agent:
                 await self.write_lines(lines)
 
 
+async def _open_transport(options: AgentOptions, stack: contextlib.AsyncExitStack) -> Transport:
+    """Open the agent's transport on ``stack``: UDP, or the eBPF cloner (plain UDP when it
+    cannot run, with a note saying why).
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    host, port = options.bind
+    if options.transport == "ebpf":
+        # Imported here: the eBPF module pulls in ctypes loaders nobody else needs.
+        from gossip.transport.ebpf import open_ebpf_transport, probe  # noqa: PLC0415
+
+        interface = options.interface or ""
+        verdict = await probe(interface)
+        if verdict.ok:
+            ebpf = await stack.enter_async_context(
+                open_ebpf_transport(host, port, interface=interface)
+            )
+            if ebpf.unavailable_reason is not None:
+                _note(
+                    f"eBPF cloner unavailable on {interface!r} ({ebpf.unavailable_reason}); "
+                    "fan-outs use plain UDP, counted in transport.fallbacks"
+                )
+            else:
+                _note(f"eBPF cloner attached to {interface!r}: one sendto() per fan-out")
+            return ebpf
+        _note(
+            f"eBPF cloner cannot run on {interface!r} ({verdict.reason}); falling back to plain UDP"
+        )
+    udp = await open_udp_transport(host, port)
+    return await stack.enter_async_context(udp)
+
+
+async def _start_node(
+    options: AgentOptions, transport: Transport, stack: contextlib.AsyncExitStack
+) -> tuple[Gossiper[Any], float, str]:
+    """Start the node of ``options.profile`` on ``transport``.
+
+    Returns:
+        The node, the grace period after the last publication, and a description for the
+        start-up note.
+    """
+    discovery = StaticDiscovery(options.peers)
+    n_peers = f"{len(options.peers)} peer{'' if len(options.peers) == 1 else 's'}"
+    if options.profile == "go-gossip":
+        go_node = await stack.enter_async_context(
+            open_go_gossiper(
+                discovery,
+                transport,
+                cipher=options.cipher,
+                gossip_number=options.fanout,
+                delivery_queue=options.delivery_queue,
+            )
+        )
+        mode = "legacy AES-256-CBC, no integrity" if options.cipher is not None else "plain text"
+        return (
+            go_node,
+            GO_GOSSIP_GRACE_ROUNDS * PULL_INTERVAL,
+            f"go-gossip profile, {n_peers}, {mode}, gossip number {options.fanout}",
+        )
+    node = await stack.enter_async_context(
+        open_gossiper(
+            discovery,
+            transport,
+            GossipConfig(fanout=options.fanout),
+            keyring=options.keyring,
+            delivery_queue=options.delivery_queue,
+        )
+    )
+    mode = "encrypted" if options.keyring is not None else "plain text"
+    return (
+        node,
+        2 * node.engine.config.ack_timeout,
+        f"{n_peers}, {mode}, fanout {options.fanout}",
+    )
+
+
 async def run_agent(options: AgentOptions, *, stdin_fd: int = 0, stdout_fd: int = 1) -> int:
     """Run one agent until a signal, the end of stdin, or a closed stdout.
 
@@ -373,29 +522,15 @@ async def run_agent(options: AgentOptions, *, stdin_fd: int = 0, stdout_fd: int 
         stdout fails (other than its reader closing it).
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        try:
-            transport = await open_udp_transport(*options.bind)
-        except OSError as err:
-            _note(f"cannot bind {format_address(options.bind)}: {err.strerror or err}")
-            return 1
-        config = GossipConfig(fanout=options.fanout)
-        async with (
-            transport,
-            open_gossiper(
-                StaticDiscovery(options.peers),
-                transport,
-                config,
-                keyring=options.keyring,
-                delivery_queue=options.delivery_queue,
-            ) as node,
-        ):
-            agent = _Agent(node, options, stdout_fd)
-            mode = "encrypted" if options.keyring is not None else "plain text"
-            _note(
-                f"listening on {format_address(node.local_address)} "
-                f"({len(options.peers)} peer{'' if len(options.peers) == 1 else 's'}, {mode}, "
-                f"fanout {options.fanout})"
-            )
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                transport = await _open_transport(options, stack)
+            except OSError as err:
+                _note(f"cannot bind {format_address(options.bind)}: {err.strerror or err}")
+                return 1
+            node, grace, description = await _start_node(options, transport, stack)
+            agent = _Agent(node, options, stdout_fd, grace)
+            _note(f"listening on {format_address(node.local_address)} ({description})")
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(agent.watch_signals, signals)
                 nursery.start_soon(agent.publish_stdin, stdin_fd)

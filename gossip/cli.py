@@ -4,10 +4,17 @@ Commands::
 
     gossip keygen PATH [--force]
         write a new cluster key file (mode 0600)
-    gossip agent --bind HOST:PORT --peers HOST:PORT[,HOST:PORT...] [--key-file PATH]
-                 [--fanout N] [--stats-interval SECONDS]
+    gossip agent --bind HOST:PORT --peers HOST:PORT[,HOST:PORT...]
+                 [--profile native|go-gossip] [--key-file PATH | --passphrase-file PATH]
+                 [--fanout N] [--transport udp|ebpf [--interface IF]]
+                 [--stats-interval SECONDS]
         run one node: stdin lines are published, delivered messages are JSON lines on stdout
         (flags, output and exit codes: :mod:`gossip.agent`; they are a stable interface)
+    gossip bridge --native-bind HOST:PORT --native-peers HOST:PORT[,...] [--key-file PATH]
+                  --go-bind HOST:PORT --go-peers HOST:PORT[,...] [--passphrase-file PATH]
+                  [--fanout N] [--gossip-number N] [--stats-interval SECONDS]
+        one native node and one go-gossip node relaying messages both ways
+        (:mod:`gossip.bridge`)
     gossip demo [--nodes N] [--messages N] [--rate PER_S] [--size BYTES] [--seed N]
         a live loopback cluster and its numbers (:mod:`gossip.demo`; ``make demo``)
 
@@ -24,6 +31,9 @@ from collections.abc import Sequence
 import trio
 
 from gossip.agent import AgentOptions, parse_hostport, resolve_addresses, run_agent
+from gossip.bridge import BridgeOptions, run_bridge_command
+from gossip.compat.gogossip import GOSSIP_NUMBER
+from gossip.compat.legacy_cipher import LegacyGoGossipCipher, read_passphrase_file
 from gossip.demo import DemoOptions, run_demo
 from gossip.errors import GossipError, LocalProtocolError
 from gossip.keyfile import read_key_file, write_key_file
@@ -69,21 +79,80 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _read_passphrase(path: str) -> LegacyGoGossipCipher:
+    try:
+        return LegacyGoGossipCipher(read_passphrase_file(path))
+    except OSError as err:
+        raise LocalProtocolError(
+            f"cannot read passphrase file {path}: {err.strerror or err}"
+        ) from None
+
+
+#: Native push fan-out when ``--fanout`` is not given.
+NATIVE_FANOUT = 3
+
+
 def _agent(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.parser
+    go = args.profile == "go-gossip"
+    # Conflicts first: they are errors whatever the files hold.
+    if go and args.key_file is not None:
+        parser.error(
+            "--key-file is for the native profile; with --profile go-gossip use --passphrase-file"
+        )
+    if not go and args.passphrase_file is not None:
+        parser.error(
+            "--passphrase-file needs --profile go-gossip; the native profile uses --key-file"
+        )
+    if args.transport == "ebpf" and go:
+        parser.error("--transport ebpf is for the native profile only")
+    if args.transport == "ebpf" and args.interface is None:
+        parser.error("--transport ebpf needs --interface IF")
+    if args.transport != "ebpf" and args.interface is not None:
+        parser.error("--interface is only used with --transport ebpf")
     try:
         bind, peers = resolve_addresses(args.bind, [p for group in args.peers for p in group])
         keyring = None if args.key_file is None else read_key_file(args.key_file)
+        cipher = None if args.passphrase_file is None else _read_passphrase(args.passphrase_file)
+        options = AgentOptions(
+            bind=bind,
+            peers=peers,
+            keyring=keyring,
+            fanout=args.fanout or (GOSSIP_NUMBER if go else NATIVE_FANOUT),
+            stats_interval=args.stats_interval,
+            profile=args.profile,
+            cipher=cipher,
+            transport=args.transport,
+            interface=args.interface,
+        )
     except LocalProtocolError as err:
         parser.error(str(err))  # exits 2
-    options = AgentOptions(
-        bind=bind,
-        peers=peers,
-        keyring=keyring,
-        fanout=args.fanout,
-        stats_interval=args.stats_interval,
-    )
     return trio.run(run_agent, options)
+
+
+def _bridge(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args.parser
+    try:
+        native_bind, native_peers = resolve_addresses(
+            args.native_bind, [p for group in args.native_peers for p in group]
+        )
+        go_bind, go_peers = resolve_addresses(
+            args.go_bind, [p for group in args.go_peers for p in group]
+        )
+        options = BridgeOptions(
+            native_bind=native_bind,
+            native_peers=native_peers,
+            go_bind=go_bind,
+            go_peers=go_peers,
+            keyring=None if args.key_file is None else read_key_file(args.key_file),
+            cipher=None if args.passphrase_file is None else _read_passphrase(args.passphrase_file),
+            fanout=args.fanout,
+            gossip_number=args.gossip_number,
+            stats_interval=args.stats_interval,
+        )
+    except LocalProtocolError as err:
+        parser.error(str(err))  # exits 2
+    return trio.run(run_bridge_command, options)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -130,8 +199,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT[,HOST:PORT...]",
         help="peer addresses (IPv6 as [::1]:7946); may be repeated",
     )
-    p.add_argument("--key-file", metavar="PATH", help="cluster key file from `gossip keygen`")
-    p.add_argument("--fanout", type=_positive_int, default=3, metavar="N", help="default 3")
+    p.add_argument(
+        "--profile",
+        choices=("native", "go-gossip"),
+        default="native",
+        help="native push-pull protocol (default) or the go-gossip compatibility profile",
+    )
+    p.add_argument(
+        "--key-file", metavar="PATH", help="cluster key file from `gossip keygen` (native)"
+    )
+    p.add_argument(
+        "--passphrase-file",
+        metavar="PATH",
+        help="go-gossip passphrase: legacy AES-256-CBC, NO integrity (go-gossip profile)",
+    )
+    p.add_argument(
+        "--fanout",
+        type=_positive_int,
+        metavar="N",
+        help="peers per push round, default 3; go-gossip: peers per pull round "
+        "(GossipNumber), default 2",
+    )
+    p.add_argument(
+        "--transport",
+        choices=("udp", "ebpf"),
+        default="udp",
+        help="udp (default) or the eBPF cloner on --interface (native profile; falls back "
+        "to udp when it cannot run)",
+    )
+    p.add_argument("--interface", metavar="IF", help="interface of the eBPF cloner")
     p.add_argument(
         "--stats-interval",
         type=_positive_float,
@@ -139,6 +235,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a stats JSON line this often",
     )
     p.set_defaults(func=_agent, parser=p)
+    p = sub.add_parser(
+        "bridge",
+        help="relay messages between a native cluster and a go-gossip cluster",
+        description="Run one native node and one go-gossip-profile node in one process and "
+        "relay every message delivered on one side into the other, once. Relays and stats are "
+        "JSON lines on stdout. See `pydoc gossip.bridge`.",
+    )
+    for side, what in (("native", "native (trio-gossip)"), ("go", "go-gossip")):
+        p.add_argument(
+            f"--{side}-bind",
+            required=True,
+            type=_hostport,
+            metavar="HOST:PORT",
+            help=f"UDP address of the {what} node",
+        )
+        p.add_argument(
+            f"--{side}-peers",
+            required=True,
+            action="append",
+            type=_hostport_list,
+            metavar="HOST:PORT[,HOST:PORT...]",
+            help=f"peers of the {what} node; may be repeated",
+        )
+    p.add_argument("--key-file", metavar="PATH", help="native cluster key file")
+    p.add_argument(
+        "--passphrase-file",
+        metavar="PATH",
+        help="go-gossip passphrase: legacy AES-256-CBC, NO integrity",
+    )
+    p.add_argument(
+        "--fanout", type=_positive_int, default=3, metavar="N", help="native fanout; default 3"
+    )
+    p.add_argument(
+        "--gossip-number",
+        type=_positive_int,
+        default=GOSSIP_NUMBER,
+        metavar="N",
+        help=f"go-gossip peers per pull round; default {GOSSIP_NUMBER}",
+    )
+    p.add_argument(
+        "--stats-interval",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="print a stats JSON line this often",
+    )
+    p.set_defaults(func=_bridge, parser=p)
     p = sub.add_parser(
         "demo",
         help="run a local cluster, show dissemination live, then its numbers",
