@@ -37,6 +37,7 @@ from gossip.compat.legacy_cipher import LegacyGoGossipCipher, read_passphrase_fi
 from gossip.demo import DemoOptions, run_demo
 from gossip.errors import GossipError, LocalProtocolError
 from gossip.keyfile import read_key_file, write_key_file
+from gossip.sim.cli import add_parser as add_sim_parser
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -297,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, help="seed origins, peer choices and victims")
     p.set_defaults(func=_demo, parser=p)
+    add_sim_parser(sub)
     return parser
 
 

@@ -109,6 +109,13 @@ class GossipConfig:
             a PullSync if the message came back to this node this many times meanwhile (it is
             spreading; the missing ACKs were duplicates). 0 disables. Lower saves packets and
             costs tail latency (docs/benchmarks.md has the trade-off).
+        reverse_sync: answer a digest that lists only keys we hold with a ``PullSync`` of the
+            newer cached keys it lacks (at most as many keys as it listed, never to a full
+            datagram, which may have successors). A node that missed a message then pulls it
+            at its *own* next anti-entropy round, not only when a holder happens to pick it.
+        initial_ack_timeout: the ACK wait of push rounds before the first round-trip sample
+            (``None``: ``ack_timeout``). On a LAN, 0.05 s moves the first message's pull
+            fallback from 300 ms to 50 ms; on a WAN it costs packets (false fallbacks).
     """
 
     fanout: int = attrs.field(default=3, validator=_count(1))
@@ -128,6 +135,10 @@ class GossipConfig:
     amplification_limit: int = attrs.field(default=3, validator=_count(1))
     sync_max_datagrams: int = attrs.field(default=8, validator=_count(1))
     echo_suppression: int = attrs.field(default=3, validator=_count(0))
+    reverse_sync: bool = True
+    initial_ack_timeout: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_positive)
+    )
 
     def __attrs_post_init__(self) -> None:
         if not MIN_DATAGRAM_LIMIT <= self.max_datagram <= MAX_DATAGRAM_LIMIT:
@@ -453,6 +464,25 @@ class GossipEngine:
             # Never larger than the digest that asked: no amplification.
             self._send(PullRequest(tuple(missing)), (addr,), now)
             self._expect(missing, addr, now)
+        elif self.config.reverse_sync and keys and len(keys) < self.codec.max_keys():
+            self._reverse_sync(keys, addr, oldest, now)
+
+    def _reverse_sync(
+        self, keys: tuple[bytes, ...], addr: Address, oldest: int, now: float
+    ) -> None:
+        """The sender of a digest we are fully up to date with may lack newer messages: offer
+        them (push-pull anti-entropy; without it, a node that missed a message waits until a
+        holder's random digest picks it). Only keys newer than its newest: older ones it was
+        offered before. Never answered in turn: a reverse digest lists only keys its receiver
+        lacks, and a digest with a missing key gets a PullRequest, not a digest."""
+        listed = set(keys)
+        newest = max(key_timestamp_ms(k) for k in keys)
+        # Strictly newer: each reverse digest then only climbs in time, so an exchange always
+        # ends (with ">=", two keys made in the same millisecond bounced back and forth forever).
+        floor = max(newest + 1, oldest)
+        newer = [k for k in self._cache if k not in listed and key_timestamp_ms(k) >= floor]
+        if newer:
+            self._pull_sync(newer[-len(keys) :], addr, now)  # no larger than the digest
 
     def _expect(self, keys: Sequence[bytes], peer: Address, now: float) -> None:
         """Remember a pull so that a lost request or response is retried."""
@@ -625,6 +655,8 @@ class GossipEngine:
 
     def _ack_wait(self) -> float:
         cfg = self.config
+        if self._srtt is None and cfg.initial_ack_timeout is not None:
+            return min(cfg.ack_timeout, cfg.initial_ack_timeout)
         if not cfg.adaptive_ack or self._srtt is None:
             return cfg.ack_timeout
         return min(cfg.ack_timeout, max(cfg.min_ack_timeout, 4 * self._srtt))

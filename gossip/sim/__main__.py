@@ -1,0 +1,5 @@
+"""``python -m gossip.sim``: the ``gossip sim`` command."""
+
+from gossip.sim.cli import main
+
+main()

@@ -1,0 +1,48 @@
+"""Tiny runs of every benchmark's ``main``, so that the benchmarks cannot rot unnoticed.
+
+The figures themselves are not checked here (a shared machine is too noisy for that): only
+that each benchmark runs end to end and its bookkeeping adds up.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import dissemination, hostile_agent, memory_bound, relay_cost
+
+
+def test_dissemination_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    rows = dissemination.main(
+        ["--nodes", "8", "--messages", "2", "--warmup", "1", "--idle", "0.05", "--settle", "0.02"]
+    )
+    assert len(rows) == 1
+    assert rows[0]["timeouts"] == 0
+    assert rows[0]["dup_delivered"] == 0
+    assert rows[0]["push"] > 0
+    assert "| 8 |" in capsys.readouterr().out
+
+
+def test_relay_cost_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    result = relay_cost.main(["--runs", "1", "--n", "64", "--burst", "16"])
+    assert set(result) == set(relay_cost.CASES)
+    for fresh, dup in result.values():
+        assert fresh > 0
+        assert dup >= 0
+    assert "Targets" in capsys.readouterr().out
+
+
+def test_hostile_agent_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    report = hostile_agent.main(["--bad", "300", "--legit", "5", "--warmup", "5"])
+    assert report.counted == report.bad_sent == 300
+    assert report.legit_delivered == report.legit_pushed == 5
+    assert report.kernel_drops == 0
+    assert report.agent_exit == 0
+    assert "counted in all" in capsys.readouterr().out
+
+
+def test_memory_bound_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    results = memory_bound.main(["--messages", "200", "--configs", "default"])
+    assert len(results) == 1
+    assert results[0].final["engine"]["delivered"] == 200
+    assert results[0].idle_kib > 0
+    assert "| default |" in capsys.readouterr().out
