@@ -80,6 +80,7 @@ class Gossiper(Generic[E]):
         self._overflow = 0
         self._closed = False
         self._timer_scope = trio.CancelScope()
+        self._deadline = math.inf
 
     @property
     def local_address(self) -> Address:
@@ -138,7 +139,12 @@ class Gossiper(Generic[E]):
                 except trio.WouldBlock:
                     self._overflow += 1
         deadline = engine.get_timer()
-        self._timer_scope.deadline = math.inf if deadline is None else deadline
+        if deadline is None:
+            deadline = math.inf
+        if deadline != self._deadline:
+            # Moving a cancel scope's deadline re-sorts trio's deadline heap: only on change.
+            self._deadline = deadline
+            self._timer_scope.deadline = deadline
 
     async def _receive_loop(self) -> None:
         receive = self.transport.receive
@@ -161,7 +167,7 @@ class Gossiper(Generic[E]):
             with trio.CancelScope() as scope:
                 self._timer_scope = scope
                 deadline = engine.get_timer()
-                scope.deadline = math.inf if deadline is None else deadline
+                self._deadline = scope.deadline = math.inf if deadline is None else deadline
                 await trio.sleep_forever()
             engine.handle_timer(trio.current_time())
             try:
