@@ -12,6 +12,7 @@ import itertools
 import os
 import platform
 import statistics
+import struct
 import time
 from collections.abc import Callable
 
@@ -77,6 +78,24 @@ def codec_case(backend: str | None) -> Callable[[], None]:
     return run
 
 
+def calibration_cases() -> dict[str, Callable[[], None]]:
+    """Operations whose cost performance.md recorded on this kind of machine (0.4 us and
+    0.5 us): their ratio tells how fast the machine is during this run."""
+    header = struct.Struct(">QQQ")
+    packed = header.pack(1, 2, 3)
+
+    def struct_round_trip() -> None:
+        header.unpack(header.pack(*header.unpack(packed)))
+
+    def urandom() -> None:
+        os.urandom(16)
+
+    return {
+        "calibration: struct 24-byte pack+unpack (ref 0.4)": struct_round_trip,
+        "calibration: os.urandom(16) (ref 0.5)": urandom,
+    }
+
+
 def measure(cases: dict[str, Callable[[], None]], runs: int, n: int) -> dict[str, float]:
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(runs):
@@ -101,6 +120,7 @@ def main() -> None:
     for backend in available_backends():
         cases[f"codec encode+decode sealed, {backend}"] = codec_case(backend)
     cases["codec encode+decode plain (label + packet)"] = codec_case(None)
+    cases.update(calibration_cases())
     result = measure(cases, args.runs, args.n)
     naive = result["naive (new AES object + pycryptodome HMAC)"]
     print(

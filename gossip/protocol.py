@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence, Set
 from typing import Any, Final
 
@@ -242,7 +242,10 @@ class GossipEngine:
         self._cache: LRUCache[bytes, bytes] = LRUCache(
             maxsize=config.cache_bytes, getsizeof=lambda data: len(data) + CACHE_ENTRY_OVERHEAD
         )
-        self._seen: OrderedDict[bytes, int] = OrderedDict()
+        # Seen keys: a set for lookups and a deque for their arrival order. No timestamps are
+        # stored: each key carries its own (half the memory of an OrderedDict of key -> ms).
+        self._seen: set[bytes] = set()
+        self._seen_order: deque[bytes] = deque()
         self._seen_floor = -1
         self._recent_cursor = 0
         self._rounds: dict[bytes, _Round] = {}
@@ -626,23 +629,25 @@ class GossipEngine:
 
     def _remember(self, key: bytes, key_ms: int, now: float) -> None:
         seen = self._seen
-        seen[key] = key_ms
+        seen.add(key)
+        self._seen_order.append(key)
         if len(seen) > self.config.seen_capacity:
             # Forget the oldest; refuse anything at least as old from now on.
-            self._seen_floor = max(self._seen_floor, seen.popitem(last=False)[1])
+            oldest = self._seen_order.popleft()
+            seen.discard(oldest)
+            self._seen_floor = max(self._seen_floor, key_timestamp_ms(oldest))
         else:
             self._expire_seen(now, limit=2)
 
     def _expire_seen(self, now: float, limit: int | None = None) -> None:
         # A key older than TTL + skew is refused on arrival anyway: forgetting it is safe.
         horizon = self._now_ms(now) - self._ttl_ms - self._skew_ms
-        seen = self._seen
+        order = self._seen_order
         n = 0
-        while seen and (limit is None or n < limit):
-            key, key_ms = next(iter(seen.items()))
-            if key_ms >= horizon:
+        while order and (limit is None or n < limit):
+            if key_timestamp_ms(order[0]) >= horizon:
                 break
-            del seen[key]
+            self._seen.discard(order.popleft())
             n += 1
 
     def _cache_put(self, key: bytes, data: bytes) -> None:
