@@ -22,6 +22,7 @@ import trio.testing
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.node import Gossiper, open_gossiper
+from gossip.protocol import GossipConfig
 from gossip.transport.memory import LinkConditions, MemoryNetwork
 
 
@@ -47,7 +48,11 @@ async def cluster(args: argparse.Namespace) -> dict[str, object]:
         async def run(i: int, task_status: trio.TaskStatus[None]) -> None:
             nonlocal duplicates
             async with open_gossiper(
-                disc, transports[i], keyring=Keyring(key), rng=random.Random(args.seed * 7919 + i)
+                disc,
+                transports[i],
+                GossipConfig(echo_suppression=args.echo_suppression),
+                keyring=Keyring(key),
+                rng=random.Random(args.seed * 7919 + i),
             ) as g:
                 nodes.append(g)
                 task_status.started()
@@ -108,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--tail", type=float, default=30.0)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--echo-suppression", type=int, default=GossipConfig().echo_suppression)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     r = trio.run(cluster, args, clock=trio.testing.MockClock(autojump_threshold=0))
