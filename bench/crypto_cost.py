@@ -125,6 +125,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument(
+        "--case",
+        default="",
+        help="only the cases whose name contains this text (alone, a case is not slowed by "
+        "the others evicting its caches; the naive row is kept for the ratio)",
+    )
     args = parser.parse_args()
     cases: dict[str, Callable[[int], None]] = {
         "naive (new AES object + pycryptodome HMAC)": looped(naive_case())
@@ -135,6 +141,8 @@ def main() -> None:
         cases[f"codec encode+decode sealed, {backend}"] = codec_case(backend)
     cases["codec encode+decode plain (label + packet)"] = codec_case(None)
     cases.update(calibration_cases())
+    if args.case:
+        cases = {k: v for k, v in cases.items() if args.case in k or k.startswith("naive")}
     result = measure(cases, args.runs, args.n)
     naive = result["naive (new AES object + pycryptodome HMAC)"]
     print(
