@@ -13,10 +13,17 @@ The rules (docs/protocol.md has the table):
   forward it once to ``fanout`` random peers other than the sender (one encryption shared by
   the fan-out). A duplicate gets no ACK and is not forwarded.
 * Every push round collects ACKs. Without a real majority (``acks > sent / 2``) by the ACK
-  deadline, the key goes into a ``PullSync`` digest to ``fanout + 2`` peers not known to hold it;
-  a peer lacking it answers ``PullRequest``; the holder answers ``PullResponse``.
-* Anti-entropy: every ``sync_interval`` (jittered) a ``PullSync`` of recent keys goes to one
-  random peer. This is what brings delivery to 100 % under loss and to late joiners.
+  deadline (adaptive: 4 x smoothed RTT, at most ``ack_timeout``), the key goes into a
+  ``PullSync`` digest to ``fanout + 2`` peers not known to hold it; a peer lacking it answers
+  ``PullRequest``; the holder answers ``PullResponse``. Unless the message came back to us
+  ``echo_suppression`` times meanwhile: then it is spreading, and the missing ACKs were
+  duplicates.
+* A pulled key that does not arrive is requested again (up to 3 times): a pull crosses three
+  lossy hops.
+* Anti-entropy: every ``sync_interval`` (jittered) a ``PullSync`` of every cached recent key goes
+  to one random peer, which pulls what it lacks, or, if it lacks nothing, answers with a digest
+  of the strictly newer keys the sender lacks (reverse sync). This is what brings delivery to
+  100 % under loss and to late joiners.
 * Message keys carry their birth time: a message older than ``message_ttl`` is neither accepted,
   advertised nor forwarded, and its key is forgotten ``max_clock_skew`` later. Hence the seen
   set is bounded and nothing can be delivered twice.
