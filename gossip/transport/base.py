@@ -8,11 +8,11 @@ soon as the kernel took the datagram (they wait only when the socket buffer is f
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 import attrs
 
-__all__ = ["Address", "Transport", "TransportStatistics"]
+__all__ = ["Address", "AsyncClosing", "Transport", "TransportStatistics"]
 
 #: A peer's address: ``(host, port)`` with the host as a numeric IPv4 or IPv6 string.
 Address = tuple[str, int]
@@ -68,3 +68,16 @@ class Transport(Protocol):
     async def aclose(self) -> None:
         """Release the socket; idempotent."""
         ...
+
+
+class AsyncClosing:
+    """Mixin: ``async with transport:`` closes it on exit (subclasses define ``aclose``)."""
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -29,14 +29,13 @@ import ipaddress
 import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
 import attrs
 import trio
 
 from gossip.errors import LocalProtocolError
-from gossip.transport.base import Address, TransportStatistics
+from gossip.transport.base import Address, AsyncClosing, TransportStatistics
 
 __all__ = [
     "DEFAULT_INBOX_CAPACITY",
@@ -327,7 +326,7 @@ class MemoryNetwork:
             receiver._enqueue((deliver_at, self._seq, data, src, sender))
 
 
-class MemoryTransport:
+class MemoryTransport(AsyncClosing):
     """One endpoint of a :class:`MemoryNetwork`; made by :meth:`MemoryNetwork.open_transport`.
 
     ``send`` and ``send_many`` never block. Every call is a trio checkpoint, with the work
@@ -464,17 +463,6 @@ class MemoryTransport:
             self._discard_inbox("closed")
             self._lot.unpark_all()
         await trio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> MemoryTransport:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

@@ -21,12 +21,11 @@ import errno
 import math
 import socket
 from collections.abc import Sequence
-from types import TracebackType
 
 import trio
 
 from gossip.errors import LocalProtocolError
-from gossip.transport.base import Address, TransportStatistics
+from gossip.transport.base import Address, AsyncClosing, TransportStatistics
 
 __all__ = ["CHECKPOINT_EVERY", "DEFAULT_SEND_TIMEOUT", "UDPTransport", "open_udp_transport"]
 
@@ -62,7 +61,7 @@ def _normalise(addr: tuple[str, int] | tuple[str, int, int, int]) -> Address:
     return (addr[0], addr[1])
 
 
-class UDPTransport:
+class UDPTransport(AsyncClosing):
     """A :class:`~gossip.transport.base.Transport` over one bound UDP socket.
 
     Usually made by :func:`open_udp_transport`. The constructor wraps a socket you already
@@ -274,17 +273,6 @@ class UDPTransport:
             trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
         await trio.lowlevel.checkpoint()
-
-    async def __aenter__(self) -> UDPTransport:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
