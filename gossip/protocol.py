@@ -184,14 +184,13 @@ class EngineStatistics:
 class _Round:
     """One push round waiting for ACKs."""
 
-    __slots__ = ("acked", "deadline", "echoed", "exclude", "started", "targets")
+    __slots__ = ("acked", "echoed", "exclude", "started", "targets")
 
     def __init__(self, targets: tuple[Address, ...], exclude: Address | None, now: float) -> None:
         self.targets = targets
         self.acked: set[Address] = set()
         self.exclude = exclude
         self.started = now
-        self.deadline = 0.0
         self.echoed = 0
 
 
@@ -259,7 +258,7 @@ class GossipEngine:
         # Keys we asked for: key -> [peer to ask, attempts, deadline]. Bounded (oldest first out).
         self._wanted: OrderedDict[bytes, list[Any]] = OrderedDict()
         self._pull_timers: list[tuple[float, int, bytes]] = []
-        self._timers: list[tuple[float, int, bytes]] = []  # (deadline, seq, key); b"" = sync
+        self._timers: list[tuple[float, int, bytes]] = []  # ACK deadlines: (when, seq, key)
         self._timer_seq = 0
         self._next_sync: float | None = None
         self._srtt: float | None = None
@@ -557,10 +556,9 @@ class GossipEngine:
         # One encryption for the whole fan-out (send_many; the eBPF cloner does it in-kernel).
         self._emit(self.codec.encode_message(_PUSH, key, data, now), targets, "push")
         rnd = _Round(targets, sender, now)
-        rnd.deadline = now + self._ack_wait()
         self._rounds[key] = rnd
         self._timer_seq += 1
-        heapq.heappush(self._timers, (rnd.deadline, self._timer_seq, key))
+        heapq.heappush(self._timers, (now + self._ack_wait(), self._timer_seq, key))
 
     def _pull_sync(self, keys: Sequence[bytes], peer: Address, now: float) -> None:
         """Send ``peer`` digests of those ``keys`` still cached (one datagram per max_keys)."""
