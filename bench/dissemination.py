@@ -350,10 +350,23 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
     parser.add_argument("--ack-timeout", type=float, help="GossipConfig.ack_timeout")
     parser.add_argument("--min-ack-timeout", type=float, help="GossipConfig.min_ack_timeout")
     parser.add_argument("--sync-interval", type=float, help="GossipConfig.sync_interval")
+    parser.add_argument("--echo-suppression", type=int, help="GossipConfig.echo_suppression")
+    parser.add_argument(
+        "--ring-forward",
+        action=argparse.BooleanOptionalAction,
+        help="GossipConfig.ring_forward (default: its default)",
+    )
     args = parser.parse_args(argv)
     overrides = {
         name: getattr(args, name)
-        for name in ("fanout", "ack_timeout", "min_ack_timeout", "sync_interval")
+        for name in (
+            "fanout",
+            "ack_timeout",
+            "min_ack_timeout",
+            "sync_interval",
+            "echo_suppression",
+            "ring_forward",
+        )
         if getattr(args, name) is not None
     }
     config = GossipConfig(**overrides)

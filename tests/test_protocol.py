@@ -12,7 +12,7 @@ from gossip.crypto import Keyring
 from gossip.discovery import Discovery, StaticDiscovery
 from gossip.errors import LocalProtocolError
 from gossip.events import MessageDelivered, PacketDropped
-from gossip.protocol import GossipConfig, GossipEngine
+from gossip.protocol import GossipConfig, GossipEngine, ring_neighbours
 from gossip.wire import (
     Codec,
     PullRequest,
@@ -192,20 +192,85 @@ def test_go_flaw_11_largest_values_are_bounded_work() -> None:
         h.engines[0].push(bytes(biggest + 1), h.now)
 
 
-def test_go_flaw_13_peer_choice_is_uniform_over_the_whole_list() -> None:
-    """go-gossip only ever drew among the first N peers."""
+@pytest.mark.parametrize("ring", [False, True])
+def test_go_flaw_13_peer_choice_is_uniform_over_the_whole_list(ring: bool) -> None:
+    """go-gossip only ever drew among the first N peers. Here the random targets are uniform
+    over the whole list; with ``ring_forward`` the two ring neighbours get every push and the
+    other ``fanout - 2`` targets are uniform over the rest."""
     peers = [addr(i) for i in range(40)]
-    engine = GossipEngine(StaticDiscovery(peers), addr(0), rng=random.Random(1))
+    config = GossipConfig(ring_forward=ring)
+    engine = GossipEngine(StaticDiscovery(peers), addr(0), config, rng=random.Random(1))
     counts: collections.Counter[tuple[str, int]] = collections.Counter()
-    for i in range(4000):
+    pushes = 12000 if ring else 4000  # the ring leaves one random target per push
+    for i in range(pushes):
         engine.push(b"%d" % i, float(i))
         for out in engine.datagrams_to_send():
+            assert len(set(out.addrs)) == 3
             counts.update(out.addrs)
     assert addr(0) not in counts
     assert set(counts) == set(peers[1:])
-    expected = 4000 * 3 / 39
-    assert max(counts.values()) < 1.25 * expected
-    assert min(counts.values()) > 0.75 * expected
+    if ring:
+        ordered = sorted(peers)
+        at = ordered.index(addr(0))
+        assert counts.pop(ordered[at + 1]) == counts.pop(ordered[at - 1]) == pushes
+    expected = pushes * (1 if ring else 3) / len(counts)
+    assert max(counts.values()) < 1.3 * expected
+    assert min(counts.values()) > 0.7 * expected
+
+
+def test_ring_neighbours_follow_sorted_addresses_and_discovery_changes() -> None:
+    """The ring neighbours are the previous and next addresses in sorted order (wrapping
+    around), whatever order discovery lists peers in; they are recomputed when discovery
+    returns a new list; the sender is never pushed back to."""
+    discovery = StaticDiscovery([addr(i) for i in (5, 3, 8, 1)])
+    engine = GossipEngine(
+        discovery, addr(8), keyring=Keyring(KEY), rng=random.Random(2), clock_offset=EPOCH
+    )
+    engine.push(b"a", 0.0)
+    assert {addr(1), addr(5)} <= set(engine.datagrams_to_send()[0].addrs)  # 8 wraps to 1
+    discovery.set_peers([addr(i) for i in (7, 1, 9, 8, 3, 5)])
+    for i in range(20):
+        engine.push(b"b%d" % i, 0.0)
+        assert {addr(7), addr(9)} <= set(engine.datagrams_to_send()[0].addrs)
+    key = new_message_key(int(EPOCH * 1000))
+    engine.receive(sealed(PushMessage(key, b"c")), addr(9), 0.0)
+    ack, forward = engine.datagrams_to_send()
+    assert ack.addrs == (addr(9),)
+    assert len(forward.addrs) == 3 and addr(9) not in forward.addrs and addr(7) in forward.addrs
+
+
+@pytest.mark.parametrize(
+    ("peers", "me", "expected"),
+    [
+        ([], ("a", 1), ()),
+        ([("a", 1)], ("a", 1), ()),
+        ([("a", 1), ("b", 1)], ("a", 1), (("b", 1),)),  # successor == predecessor: once
+        ([("b", 1), ("c", 1), ("a", 1)], ("b", 1), (("c", 1), ("a", 1))),
+        ([("b", 1), ("c", 1)], ("a", 9), (("b", 1), ("c", 1))),  # we need not be listed
+        # Mixed types do not compare: repr order "('a', 2)" < "('b', 1)" < "7".
+        ([("b", 1), 7, ("a", 2)], ("a", 1), (("a", 2), 7)),
+    ],
+)
+def test_ring_neighbours_edge_cases(
+    peers: list[object], me: object, expected: tuple[object, ...]
+) -> None:
+    assert ring_neighbours(peers, me) == expected  # type: ignore[arg-type]
+
+
+def test_fanout_keeps_a_random_target() -> None:
+    """With fanout 2 the ring gives one target (the successor), never both: a fan-out of
+    ring neighbours alone would walk the ring in linear time."""
+    peers = [addr(i) for i in range(1, 30)]
+    engine = GossipEngine(
+        StaticDiscovery(peers), addr(5), GossipConfig(fanout=2), rng=random.Random(4)
+    )
+    others = collections.Counter[tuple[str, int]]()
+    for i in range(200):
+        engine.push(b"%d" % i, 0.0)
+        (out,) = engine.datagrams_to_send()
+        assert out.addrs[0] == addr(6) and len(out.addrs) == 2
+        others[out.addrs[1]] += 1
+    assert len(others) > 20
 
 
 def test_expired_and_future_messages_are_refused() -> None:

@@ -85,12 +85,13 @@ def test_fanout_of_everyone_reaches_everyone_in_one_hop(extra: int) -> None:
 
 
 def test_fanout_of_everyone_under_jitter_still_needs_no_pull() -> None:
-    """With 0.2-1 ms jitter a forwarded copy may beat the origin's: two hops, still no pull."""
+    """With 0.2-1 ms jitter a forwarded copy may beat the origin's, still no pull. The direct
+    copy takes at most 1 ms and a k-hop path at least k x 0.2 ms: at most 5 hops."""
     n = 12
     result = simulate(Scenario(nodes=n, seed=1, config=GossipConfig(fanout=n - 1)))
     m = result.messages[0]
     assert m.delivered == n and m.pulled == 0
-    assert m.hops_to["100"] is not None and m.hops_to["100"] <= 2
+    assert m.hops_to["100"] is not None and 1 <= m.hops_to["100"] <= 5
     assert m.time_to["100"] is not None and m.time_to["100"] <= 0.001
 
 
