@@ -420,10 +420,7 @@ class GossipEngine:
         if key is not None and key in self._seen:
             # A duplicate costs no crypto. A forged datagram carrying a seen key is dropped
             # here too, exactly as it would be after a failed MAC check.
-            self._n_duplicates += 1
-            rnd = self._rounds.get(key)
-            if rnd is not None:
-                rnd.echoed += 1
+            self._echo(key)
             return
         try:
             packet = self.codec.decode_untrusted(datagram, now)
@@ -449,9 +446,7 @@ class GossipEngine:
             _, _, key = heapq.heappop(timers)
             rnd = self._rounds.pop(key, None)
             if rnd is None or len(rnd.acked) * 2 > len(rnd.targets):
-                continue
-            if self._echo_limit and rnd.echoed >= self._echo_limit:
-                continue  # it keeps coming back to us: spread, not stalled
+                continue  # ended: by its ACK majority, or it came back echo_suppression times
             # No real majority: the message may have stalled. Offer it to fanout + 2 random
             # peers, never to one known to hold it (an ACKer, the sender). A silent target may
             # be drawn again: under loss it is the likeliest to lack the message; without loss
@@ -473,10 +468,7 @@ class GossipEngine:
         self, key: bytes, data: bytes, addr: Address, now: float, *, pushed: bool
     ) -> None:
         if key in self._seen:
-            self._n_duplicates += 1
-            rnd = self._rounds.get(key)
-            if rnd is not None:
-                rnd.echoed += 1
+            self._echo(key)
             return
         key_ms = key_timestamp_ms(key)
         now_ms = self._now_ms(now)
@@ -496,6 +488,17 @@ class GossipEngine:
         if pushed:
             self._emit(self.codec.encode_ack(key, now), (addr,), "ack")
         self._spread(key, data, addr, now)
+
+    def _echo(self, key: bytes) -> None:
+        """A duplicate of ``key`` came back: count it against its push round."""
+        self._n_duplicates += 1
+        rnd = self._rounds.get(key)
+        if rnd is not None:
+            rnd.echoed += 1
+            if rnd.echoed == self._echo_limit:
+                # Its fallback is now ruled out whatever ACKs come: end it here, so that its
+                # deadline never wakes the node (a timer expiry costs ~30 us in trio).
+                del self._rounds[key]
 
     def _on_ack(self, key: bytes, addr: Address, now: float) -> None:
         rnd = self._rounds.get(key)
