@@ -19,7 +19,8 @@ The rules (docs/protocol.md has the table):
   the random targets seed new runs and keep the spread logarithmic. Forward-once to random
   peers only misses ``e^(-fanout)`` of them (6 % at fanout 3), who then wait for the pull
   path. docs/benchmarks.md has the before/after.
-* Every push round collects ACKs. Without a real majority (``acks > sent / 2``) by the ACK
+* Every push round collects ACKs (a duplicate pushed back to us by one of the round's targets
+  counts as its ACK: it holds the message). Without a real majority (``acks > sent / 2``) by the ACK
   deadline (adaptive: 4 x smoothed RTT, at most ``ack_timeout``), the key goes into a
   ``PullSync`` digest to ``fanout + 2`` peers not known to hold it; a peer lacking it answers
   ``PullRequest``; the holder answers ``PullResponse``. Unless the message came back to us
@@ -420,7 +421,7 @@ class GossipEngine:
         if key is not None and key in self._seen:
             # A duplicate costs no crypto. A forged datagram carrying a seen key is dropped
             # here too, exactly as it would be after a failed MAC check.
-            self._echo(key)
+            self._echo(key, addr)
             return
         try:
             packet = self.codec.decode_untrusted(datagram, now)
@@ -468,7 +469,7 @@ class GossipEngine:
         self, key: bytes, data: bytes, addr: Address, now: float, *, pushed: bool
     ) -> None:
         if key in self._seen:
-            self._echo(key)
+            self._echo(key, addr)
             return
         key_ms = key_timestamp_ms(key)
         now_ms = self._now_ms(now)
@@ -489,13 +490,16 @@ class GossipEngine:
             self._emit(self.codec.encode_ack(key, now), (addr,), "ack")
         self._spread(key, data, addr, now)
 
-    def _echo(self, key: bytes) -> None:
-        """A duplicate of ``key`` came back: count it against its push round."""
+    def _echo(self, key: bytes, addr: Address) -> None:
+        """A duplicate of ``key`` came back from ``addr``: count it against its push round."""
         self._n_duplicates += 1
         rnd = self._rounds.get(key)
         if rnd is not None:
             rnd.echoed += 1
-            if rnd.echoed == self._echo_limit:
+            if addr in rnd.targets:
+                # A target that pushes the message to us holds it, just as if it had ACKed.
+                rnd.acked.add(addr)
+            if rnd.echoed == self._echo_limit or len(rnd.acked) * 2 > len(rnd.targets):
                 # Its fallback is now ruled out whatever ACKs come: end it here, so that its
                 # deadline never wakes the node (a timer expiry costs ~30 us in trio).
                 del self._rounds[key]

@@ -395,10 +395,29 @@ def test_echoes_suppress_the_pull_fallback(limit: int, echoes: int, syncs: int) 
     spreading, not stalled: no PullSync. Fewer echoes (or the rule off): the fallback runs."""
     h = Harness(10, config=GossipConfig(echo_suppression=limit, sync_interval=100.0))
     key = h.push(0, b"x")
+    targets = {dst for _, dst, _ in h.in_flight}
     h.in_flight.clear()  # no ACKs will come
     echo = sealed(PushMessage(key, b"x"), h.now)
+    others = [a for a in map(addr, range(1, 10)) if a not in targets]
     for i in range(echoes):
-        h.engines[0].receive(echo, addr(1 + i), h.now)  # duplicates from other forwarders
+        h.engines[0].receive(echo, others[i], h.now)  # duplicates from other forwarders
     h.advance(0.31)
     sent = [decode(h, d) for _, _, d in h.in_flight]
     assert sum(isinstance(p, PullSync) for p in sent) == syncs
+
+
+@pytest.mark.parametrize(("echoers", "syncs"), [(2, 0), (1, 5)])
+def test_a_target_that_pushes_the_message_back_counts_as_an_ack(echoers: int, syncs: int) -> None:
+    """A duplicate from one of the round's own targets proves it holds the message: two such
+    (of three targets) are a majority, and the round needs no pull fallback."""
+    h = Harness(10, config=GossipConfig(echo_suppression=0, sync_interval=100.0))
+    key = h.push(0, b"x")
+    targets = sorted({dst for _, dst, _ in h.in_flight})
+    h.in_flight.clear()
+    echo = sealed(PushMessage(key, b"x"), h.now)
+    for target in targets[:echoers]:
+        h.engines[0].receive(echo, target, h.now)
+    h.advance(0.31)
+    sent = [(dst, decode(h, d)) for _, dst, d in h.in_flight]
+    assert sum(isinstance(p, PullSync) for _, p in sent) == syncs
+    assert not any(dst in targets[:echoers] for dst, _ in sent)  # known holders: never asked

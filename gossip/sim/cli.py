@@ -111,6 +111,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--fixed-ack", action="store_true", help="always wait --ack-timeout (no adaptive ACK)"
     )
     g.add_argument("--sync-interval", type=_positive_seconds, metavar="S", help="default 1")
+    g.add_argument("--echo-suppression", type=_count(0), metavar="K", help="default 2 (0: off)")
+    g.add_argument(
+        "--no-ring",
+        dest="ring_forward",
+        action="store_false",
+        help="all push targets random (default: both ring neighbours + fanout-2 random)",
+    )
     g.add_argument("--encrypted", action="store_true", help="seal packets (default: off)")
     g = p.add_argument_group("network")
     g.add_argument(
@@ -159,6 +166,10 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         overrides["adaptive_ack"] = False
     if args.sync_interval is not None:
         overrides["sync_interval"] = args.sync_interval
+    if args.echo_suppression is not None:
+        overrides["echo_suppression"] = args.echo_suppression
+    if not args.ring_forward:
+        overrides["ring_forward"] = False
     return Scenario(
         nodes=args.nodes,
         seed=args.seed,

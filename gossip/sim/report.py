@@ -174,7 +174,8 @@ def format_table(result: SimResult) -> str:
     ack = f"adaptive ({cfg.min_ack_timeout * 1000:g} ms..)" if cfg.adaptive_ack else "fixed"
     lines.append(
         f"engine {d['engine']}: ack timeout {cfg.ack_timeout * 1000:g} ms {ack}, "
-        f"sync interval {cfg.sync_interval:g} s, payload {sc.payload} B"
+        f"sync interval {cfg.sync_interval:g} s, echo suppression {cfg.echo_suppression}, "
+        f"ring {'on' if cfg.ring_forward else 'off'}, payload {sc.payload} B"
     )
     lines.append("encryption on (AES-256-CBC + HMAC-SHA256)" if sc.encrypted else ENCRYPTION_NOTE)
     n_msg = d["messages"]
