@@ -58,7 +58,14 @@ SCENARIOS: list[tuple[str, Sequence[int], dict[str, Any]]] = [
     (
         "50, 20 % loss, 200 messages at 20/s",
         (1,),
-        {"nodes": 50, "loss": 0.2, "messages": 205, "warmup": 5, "interval": 0.05},
+        {
+            "nodes": 50,
+            "loss": 0.2,
+            "messages": 205,
+            "warmup": 5,
+            "interval": 0.05,
+            "max_time": 30.0,
+        },
     ),
 ]
 
@@ -96,6 +103,7 @@ def _ms(value: float) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="seed 1 only, skip 10k warm")
+    parser.add_argument("--only", default="", help="scenarios whose label contains this")
     args = parser.parse_args(argv)
     print(
         "| scenario | engine | seeds | hop-rounds to 100 % (worst) | 99 % ms | 100 % ms "
@@ -105,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     for label, all_seeds, kwargs in SCENARIOS:
         seeds = all_seeds
+        if args.only not in label:
+            continue
         if args.quick:
             if kwargs.get("messages", 1) > 100 or (
                 kwargs["nodes"] >= 10_000 and "warmup" in kwargs
