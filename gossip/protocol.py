@@ -356,12 +356,13 @@ class GossipEngine:
         pulls = self._pull_timers
         while pulls and pulls[0][2] not in self._wanted:
             heapq.heappop(pulls)  # a pull that was answered
-        due = [t for t in (self._next_sync,) if t is not None]
-        if timers:
-            due.append(timers[0][0])
-        if pulls:
-            due.append(pulls[0][0])
-        return min(due) if due else None
+        # Called after every datagram by the runtime: no allocation here.
+        due = self._next_sync
+        if timers and (due is None or timers[0][0] < due):
+            due = timers[0][0]
+        if pulls and (due is None or pulls[0][0] < due):
+            due = pulls[0][0]
+        return due
 
     def statistics(self) -> EngineStatistics:
         """A snapshot of the counters."""
