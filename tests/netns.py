@@ -5,7 +5,8 @@ namespace, joined by veth pairs, on a private /24 that exists only inside them. 
 in every namespace, and TX checksum offload is off on the sender's veth: with offload on, veth
 hands the receiver a packet marked "checksum to be computed" and a wrong UDP checksum is never
 noticed. ``build_sink(k)`` is the benchmark's variant: the sender's veth leads to a namespace
-that drops every copy, and the ``k`` peers exist only as permanent neighbour entries.
+that drops every copy, and the ``k`` peers exist only as permanent neighbour entries (see
+:func:`build_sink` for where the copies die, and why there).
 
 Interface and namespace names are unusual (``gzx*``, ``gsp<pid>*``) so that code wrongly running
 in the root namespace finds nothing, and concurrent runs do not collide.
@@ -14,11 +15,13 @@ in the root namespace finds nothing, and concurrent runs do not collide.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
+from typing import Literal
 
 import attrs
 
@@ -27,10 +30,27 @@ from gossip.transport import _netns
 SUBNET = "10.251.71"  # /24, used only inside the namespaces made here
 SENDER_IP = f"{SUBNET}.1"
 SENDER_IF = "gzxs0"
+SINK_IF = "gzxk0"  # the sink's end of the sender's veth (build_sink)
+# build_sink's twin: a second, identical veth from the sender to the same sink, on its own
+# private /24, for traffic that must not pass the program attached to SENDER_IF.
+TWIN_SUBNET = "10.251.72"
+TWIN_IP = f"{TWIN_SUBNET}.1"
+TWIN_IF = "gzxs1"
+TWIN_SINK_IF = "gzxk1"
+
+#: Where :func:`build_sink` drops the copies: ``"wire"`` in the sender's veth transmit
+#: function, ``"stack"`` in the sink namespace's IPv4 receive path.
+SinkKind = Literal["wire", "stack"]
+SINK_KINDS: tuple[SinkKind, ...] = ("wire", "stack")
 
 
 def peer_ip(i: int) -> str:
     return f"{SUBNET}.{10 + i}"
+
+
+def twin_ip(i: int) -> str:
+    """Peer ``i``'s address behind :data:`TWIN_IF` (``build_sink`` only)."""
+    return f"{TWIN_SUBNET}.{10 + i}"
 
 
 def _ip(args: list[str], batch: list[str] | None = None) -> None:
@@ -90,6 +110,8 @@ class Topology:
     peers: list[str]
     peer_ips: list[str]
     closed: bool = False
+    #: build_sink: the peers' addresses behind the twin interface (TWIN_IF).
+    twin_ips: list[str] = attrs.field(factory=list)
 
     @property
     def namespaces(self) -> list[str]:
@@ -104,6 +126,24 @@ class Topology:
         batch = [f"netns del {n}" for n in self.namespaces if n in existing]
         if batch:
             _ip(["-force"], batch)
+
+    def link_counters(self, ns: str, dev: str) -> dict[str, int]:
+        """The 64-bit counters of ``dev`` in namespace ``ns`` (``ip -s link``): ``tx_packets``,
+        ``tx_dropped``, ``rx_packets``, ``rx_dropped`` and the others, prefixed by direction."""
+        proc = subprocess.run(
+            ["ip", "-n", ns, "-j", "-s", "link", "show", "dev", dev],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"ip -s link show {dev} failed: {proc.stderr.strip()}")
+        stats = json.loads(proc.stdout)[0]["stats64"]
+        return {
+            f"{way}_{name}": int(value)
+            for way in ("rx", "tx")
+            for name, value in stats[way].items()
+        }
 
     def udp_counters(self, ns: str) -> dict[str, int]:
         """The ``Udp:`` line of ``/proc/net/snmp`` in namespace ``ns``."""
@@ -179,10 +219,43 @@ def build_star(k: int, tag: str = "t", *, peers_tx_offload: bool = True) -> Topo
     return topo
 
 
-def build_sink(k: int, tag: str = "b", *, tx_offload: bool = True) -> Topology:
+def build_sink(
+    k: int, tag: str = "b", *, tx_offload: bool = True, sink: SinkKind = "wire"
+) -> Topology:
     """Sender whose veth leads to a namespace that drops everything; ``k`` peer addresses
     with permanent neighbour entries (made-up MACs) so every copy leaves the sender. TX
-    checksum offload stays on unless ``tx_offload`` is false (as on real NICs)."""
+    checksum offload stays on unless ``tx_offload`` is false (as on real NICs).
+
+    The sender has two identical veths into the sink: :data:`SENDER_IF` (``10.251.71.0/24``,
+    ``peer_ips``) and its twin :data:`TWIN_IF` (``10.251.72.0/24``, ``twin_ips``, the same
+    made-up MACs), so that traffic measured without a TC program can use an interface that
+    has none.
+
+    veth has no wire: its transmit function hands each frame straight to the peer device's
+    receive path, and that path runs in the *sender's* context (the NET_RX softirq runs when
+    the sending system call re-enables bottom halves), so the sender's CPU time includes
+    whatever the sink does per frame. A real NIC's transmit ends at the driver (a descriptor,
+    and freeing the buffer on completion); the receiver's work happens on another machine.
+    Hence ``sink``:
+
+    * ``"wire"`` (the benchmark's default): the sink's veth ends have MTU 68, so each frame
+      (larger than 68 + 18 bytes) is not forwardable and the sender's veth transmit function
+      frees it and counts it in ``tx_dropped``: the sender pays its whole transmit path,
+      driver call and buffer free included, and none of a receive path.
+    * ``"stack"``: frames enter the sink's receive path: the per-CPU backlog, the NET_RX
+      softirq, ``__netif_receive_skb``, and ``ip_rcv``, which drops them at its first check
+      (addressed to another host's MAC: ``PACKET_OTHERHOST``), before netfilter, routing,
+      conntrack or ICMP (the sink has no address either). That path costs more per datagram
+      for one ``sendto()`` per peer (one softirq run per datagram) than for kernel clones
+      (one softirq run per fan-out).
+
+    Dropping earlier in the sink does not help: an XDP program on the sink's veth end makes
+    veth copy each frame into a page for XDP (the frames from a local socket lack XDP's
+    headroom, and clones share their data), which costs more than the receive path it
+    skips, and a tc ingress drop runs after the backlog and the softirq.
+    """
+    if sink not in SINK_KINDS:
+        raise ValueError(f"sink must be one of {SINK_KINDS}: {sink!r}")
     prefix = _prefix(tag)
     topo = Topology(
         prefix=prefix,
@@ -190,25 +263,34 @@ def build_sink(k: int, tag: str = "b", *, tx_offload: bool = True) -> Topology:
         switch=None,
         peers=[f"{prefix}k"],
         peer_ips=[peer_ip(i) for i in range(k)],
+        twin_ips=[twin_ip(i) for i in range(k)],
     )
+    sink_ns = topo.peers[0]
     try:
         _ip([], [f"netns add {n}" for n in topo.namespaces])
         for ns in topo.namespaces:
             _disable_ipv6(ns)
-        sender = [
-            "link set lo up",
-            f"link add {SENDER_IF} type veth peer name gzxk0 netns {topo.peers[0]}",
-            f"addr add {SENDER_IP}/24 dev {SENDER_IF}",
-            f"link set {SENDER_IF} up",
-        ]
-        for i, ip in enumerate(topo.peer_ips):
-            mac = f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}"
-            sender.append(f"neigh add {ip} lladdr {mac} dev {SENDER_IF} nud permanent")
+        sender = ["link set lo up"]
+        sink_cmds = []
+        for dev, peer_dev, ip, ips in (
+            (SENDER_IF, SINK_IF, SENDER_IP, topo.peer_ips),
+            (TWIN_IF, TWIN_SINK_IF, TWIN_IP, topo.twin_ips),
+        ):
+            sender.append(f"link add {dev} type veth peer name {peer_dev} netns {sink_ns}")
+            sender.append(f"addr add {ip}/24 dev {dev}")
+            sender.append(f"link set {dev} up")
+            for i, peer in enumerate(ips):
+                mac = f"02:00:00:00:{i >> 8:02x}:{i & 255:02x}"
+                sender.append(f"neigh add {peer} lladdr {mac} dev {dev} nud permanent")
+            # No address in the sink: the copies (for other MACs) would die in ip_rcv.
+            if sink == "wire":
+                sink_cmds.append(f"link set {peer_dev} mtu 68")
+            sink_cmds.append(f"link set {peer_dev} up")
         _ip(["-n", topo.sender], sender)
-        # No address in the sink: the copies (for other MACs) die in its receive path.
-        _ip(["-n", topo.peers[0]], ["link set gzxk0 up"])
+        _ip(["-n", sink_ns], sink_cmds)
         if not tx_offload:
             _tx_offload_off(topo.sender, SENDER_IF)
+            _tx_offload_off(topo.sender, TWIN_IF)
     except BaseException:
         topo.close()
         raise
