@@ -614,12 +614,11 @@ class GossipEngine:
     def _spread(self, key: bytes, data: bytes, sender: Address | None, now: float) -> None:
         """Push ``key`` to ``fanout`` random peers other than ``sender`` and await ACKs."""
         peers = self.discovery.gossipiers()
-        exclude: set[Address | None] = {sender} if sender else set()
-        ring: tuple[Address, ...] = ()
-        if self._ring_targets:
-            ring = tuple(p for p in self._ring(peers)[: self._ring_targets] if p not in exclude)
-            exclude.update(ring)
-        targets = (*ring, *self._choose(self.config.fanout - len(ring), exclude, peers))
+        ring = self._ring(peers) if self._ring_targets else ()
+        if sender is not None and sender in ring:
+            ring = tuple([p for p in ring if p != sender])
+        exclude: set[Address | None] = {sender, *ring}
+        targets = ring + self._choose(self.config.fanout - len(ring), exclude, peers)
         if not targets:
             return
         # One encryption for the whole fan-out (send_many; the eBPF cloner does it in-kernel).
@@ -661,11 +660,12 @@ class GossipEngine:
         return picked + live[: limit - len(picked)]
 
     def _ring(self, peers: Sequence[Address]) -> tuple[Address, ...]:
-        """Our ring neighbours (successor, predecessor), recomputed when discovery's list
-        changes."""
+        """Our ring neighbours (successor, predecessor; as many as ``_ring_targets``),
+        recomputed when discovery's list changes."""
         if peers is not self._ring_source:
             self._ring_source = peers
-            self._ring_peers = ring_neighbours(peers, self.local_address)
+            neighbours = ring_neighbours(peers, self.local_address)
+            self._ring_peers = neighbours[: self._ring_targets]
         return self._ring_peers
 
     def _choose(
