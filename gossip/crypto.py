@@ -98,36 +98,57 @@ def sealed_size(body_len: int) -> int:
     return IV_SIZE + (body_len // BLOCK_SIZE + 1) * BLOCK_SIZE + TAG_SIZE
 
 
-class _Chain(Protocol):
-    """A long-lived CBC encryptor and decryptor over whole blocks."""
+class _Suite(Protocol):
+    """A long-lived CBC encryptor and decryptor over whole blocks, and the MAC function."""
 
-    def encrypt(self, data: bytes) -> bytes: ...
-    def decrypt(self, data: bytes) -> bytes: ...
+    encrypt: Callable[[bytes], bytes]
+    decrypt: Callable[[bytes], bytes]
+    #: The full HMAC-SHA256 of its argument under the MAC key.
+    mac: Callable[[bytes], bytes]
 
 
-class _PycryptodomeChain:
-    __slots__ = ("decrypt", "encrypt")
+class _PycryptodomeSuite:
+    __slots__ = ("decrypt", "encrypt", "mac")
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, enc_key: bytes, mac_key: bytes) -> None:
         # pycryptodome forbids mixing encrypt and decrypt on one object: keep one of each.
-        self.encrypt: Callable[[bytes], bytes] = AES.new(key, AES.MODE_CBC, iv=_ZERO_IV).encrypt
-        self.decrypt: Callable[[bytes], bytes] = AES.new(key, AES.MODE_CBC, iv=_ZERO_IV).decrypt
+        self.encrypt: Callable[[bytes], bytes] = AES.new(enc_key, AES.MODE_CBC, iv=_ZERO_IV).encrypt
+        self.decrypt: Callable[[bytes], bytes] = AES.new(enc_key, AES.MODE_CBC, iv=_ZERO_IV).decrypt
+
+        # The stdlib's one-shot (OpenSSL) HMAC: pycryptodome's own is ~20x slower. A closure,
+        # not functools.partial: a partial with a keyword argument builds a dict per call.
+        def mac(data: bytes) -> bytes:
+            return hmac.digest(mac_key, data, "sha256")
+
+        self.mac: Callable[[bytes], bytes] = mac
 
 
-class _CryptographyChain:
-    __slots__ = ("decrypt", "encrypt")
+class _CryptographySuite:
+    __slots__ = ("decrypt", "encrypt", "mac")
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, enc_key: bytes, mac_key: bytes) -> None:
+        from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
+        from cryptography.hazmat.primitives import hmac as keyed  # noqa: PLC0415
         from cryptography.hazmat.primitives.ciphers import (  # noqa: PLC0415
             Cipher,
             algorithms,
             modes,
         )
 
-        cipher = Cipher(algorithms.AES(key), modes.CBC(_ZERO_IV))
+        cipher = Cipher(algorithms.AES(enc_key), modes.CBC(_ZERO_IV))
         # update() on a CBC context continues the chain, as pycryptodome's encrypt() does.
         self.encrypt: Callable[[bytes], bytes] = cipher.encryptor().update
         self.decrypt: Callable[[bytes], bytes] = cipher.decryptor().update
+        # A keyed context made once and copied per packet: the copy starts from the hashed
+        # key blocks, so a packet costs ~1.4 us instead of the one-shot hmac.digest's ~2.6 us.
+        copy = keyed.HMAC(mac_key, hashes.SHA256()).copy
+
+        def mac(data: bytes) -> bytes:
+            h = copy()
+            h.update(data)
+            return h.finalize()
+
+        self.mac: Callable[[bytes], bytes] = mac
 
 
 def available_backends() -> list[str]:
@@ -159,7 +180,7 @@ def key_id_of(key: bytes) -> int:
 class ClusterKey:
     """One 32-byte cluster key with its derived sub-keys and live cipher chains."""
 
-    __slots__ = ("_chain", "_mac_key", "_random", "backend", "key_id")
+    __slots__ = ("_decrypt", "_encrypt", "_mac", "_random", "backend", "key_id")
 
     def __init__(
         self,
@@ -175,20 +196,24 @@ class ClusterKey:
             raise LocalProtocolError(f"unknown crypto backend {backend!r}")
         self.backend: str = backend
         enc_key = _hkdf(key, b"trio-gossip v1 aes-256-cbc", KEY_SIZE)
-        self._mac_key = _hkdf(key, b"trio-gossip v1 hmac-sha256", KEY_SIZE)
-        self._chain: _Chain = (
-            _CryptographyChain(enc_key)
+        mac_key = _hkdf(key, b"trio-gossip v1 hmac-sha256", KEY_SIZE)
+        suite: _Suite = (
+            _CryptographySuite(enc_key, mac_key)
             if backend == "cryptography"
-            else _PycryptodomeChain(enc_key)
+            else _PycryptodomeSuite(enc_key, mac_key)
         )
+        # Bound once: two attribute lookups fewer per call on the per-packet path.
+        self._encrypt = suite.encrypt
+        self._decrypt = suite.decrypt
+        self._mac = suite.mac
         self._random = random_bytes
 
     def seal(self, label: bytes, body: bytes) -> bytes:
         """Return ``label | IV | ciphertext | tag`` for ``body``."""
         # The first encrypted block (fresh randomness through the chain) is this packet's IV.
-        iv_ct = self._chain.encrypt(self._random(BLOCK_SIZE) + body + _PAD[16 - len(body) % 16])
+        iv_ct = self._encrypt(self._random(BLOCK_SIZE) + body + _PAD[16 - len(body) % 16])
         head = label + iv_ct
-        return head + hmac.digest(self._mac_key, head, "sha256")[:TAG_SIZE]
+        return head + self._mac(head)[:TAG_SIZE]
 
     def open_untrusted(self, datagram: bytes, label_size: int) -> bytes:
         """Verify and decrypt a sealed datagram whose label is ``label_size`` bytes long.
@@ -201,11 +226,9 @@ class ClusterKey:
             raise DecryptError("sealed body length is not IV + whole blocks", reason="length")
         head = datagram[:-TAG_SIZE]
         # Encrypt-then-MAC: nothing is decrypted before the tag checks out (constant time).
-        if not hmac.compare_digest(
-            hmac.digest(self._mac_key, head, "sha256")[:TAG_SIZE], datagram[-TAG_SIZE:]
-        ):
+        if not hmac.compare_digest(self._mac(head)[:TAG_SIZE], datagram[-TAG_SIZE:]):
             raise DecryptError("MAC check failed", reason="mac")
-        plain = self._chain.decrypt(head[label_size:])
+        plain = self._decrypt(head[label_size:])
         pad = plain[-1]
         if not 1 <= pad <= BLOCK_SIZE or plain[-pad:] != _PAD[pad]:
             # Only a sender holding our MAC key but encrypting wrongly gets here.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import time
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gossip.crypto import Keyring
+from gossip.crypto import Keyring, key_id_of
 from gossip.errors import DecryptError, LocalProtocolError, MalformedPacket
 from gossip.wire import (
     DEFAULT_MAX_DATAGRAM,
@@ -116,6 +117,68 @@ def test_malformed_reasons(datagram: bytes, reason: str) -> None:
     with pytest.raises((MalformedPacket, DecryptError)) as info:
         Codec().decode_untrusted(datagram, 0.0)
     assert info.value.reason == reason
+
+
+SEALING_KEY = bytes(32)
+SEALED_LABEL = bytes([MAGIC_VERSION, 1, 1]) + key_id_of(SEALING_KEY).to_bytes(4, "big") + bytes(8)
+
+
+@pytest.mark.parametrize(
+    ("datagram", "reason"),
+    [
+        # Shorter than a label and a key: refused on the slow path, which must still name the
+        # check that the full decode would have failed first.
+        (bytes([MAGIC_VERSION, 2, 0]) + bytes(12) + KEY[:15], "body"),
+        (bytes([MAGIC_VERSION, 2, 0, 0, 0, 0, 9]) + bytes(8) + KEY[:15], "label"),
+        (SEALED_LABEL, "encryption"),  # to a plain-text codec
+    ],
+)
+def test_short_plain_datagrams_name_their_reason(datagram: bytes, reason: str) -> None:
+    with pytest.raises((MalformedPacket, DecryptError)) as info:
+        Codec().decode_untrusted(datagram, 0.0)
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("datagram", "reason"),
+    [
+        (SEALED_LABEL + bytes(15), "length"),
+        (SEALED_LABEL[:3] + b"\xff\xff\xff\xff" + SEALED_LABEL[7:] + bytes(15), "unknown-key"),
+        (SEALED_LABEL[:2] + b"\x00" + SEALED_LABEL[3:], "encryption"),
+        (SEALED_LABEL[:1] + b"\x07" + SEALED_LABEL[2:], "type"),
+    ],
+)
+def test_short_sealed_datagrams_name_their_reason(datagram: bytes, reason: str) -> None:
+    with pytest.raises((MalformedPacket, DecryptError)) as info:
+        Codec(Keyring(SEALING_KEY)).decode_untrusted(datagram, 0.0)
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("cls", [PushMessage, PushAck, PullSync, PullRequest, PullResponse])
+def test_packets_have_nothing_for_init_to_run(cls: type) -> None:
+    """The decoder builds packets with object.__new__ and the slot descriptors, skipping
+    __init__: sound only while __init__ has nothing to run but plain assignments."""
+    assert (
+        attrs.has(cls) and "__dict__" not in dir(cls) and cls.__setattr__ is not object.__setattr__
+    )
+    assert not hasattr(cls, "__attrs_pre_init__") and not hasattr(cls, "__attrs_post_init__")
+    for field in attrs.fields(cls):
+        assert field.validator is None and field.converter is None
+        assert field.default is attrs.NOTHING and field.init
+
+
+@given(packets)
+def test_decoded_packets_are_ordinary_instances(packet: Packet) -> None:
+    for codec in (
+        Codec(max_datagram=MAX_DATAGRAM_LIMIT),
+        Codec(Keyring(SEALING_KEY), max_datagram=MAX_DATAGRAM_LIMIT),
+    ):
+        decoded = codec.decode_untrusted(codec.encode(packet, 1.0), 1.0)
+        assert type(decoded) is type(packet)
+        assert decoded == packet and hash(decoded) == hash(packet) and repr(decoded) == repr(packet)
+        assert attrs.asdict(decoded) == attrs.asdict(packet)
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            decoded.key = KEY  # type: ignore[misc, union-attr]
 
 
 def test_oversize_rejected() -> None:
