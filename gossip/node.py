@@ -25,7 +25,7 @@ import trio
 from gossip.crypto import Keyring
 from gossip.discovery.base import Discovery
 from gossip.errors import LocalProtocolError
-from gossip.events import MessageDelivered, SansIOEngine
+from gossip.events import Event, MessageDelivered, Outgoing, SansIOEngine
 from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.base import Address, Transport, TransportStatistics
 
@@ -121,15 +121,21 @@ class Gossiper(Generic[E]):
 
     # ------------------------------------------------------------ the pump
 
-    async def _flush(self) -> None:
+    async def _flush(
+        self, outgoing: list[Outgoing] | None = None, events: list[Event] | None = None
+    ) -> None:
         engine = self.engine
         transport = self.transport
-        for out in engine.datagrams_to_send():
+        if outgoing is None:
+            outgoing = engine.datagrams_to_send()
+        if events is None:
+            events = engine.pop_events()
+        for out in outgoing:
             if len(out.addrs) == 1:
                 await transport.send(out.data, out.addrs[0])
             else:
                 await transport.send_many(out.data, out.addrs)
-        for event in engine.pop_events():
+        for event in events:
             if type(event) is MessageDelivered:
                 message = Message(
                     event.key, event.data, event.origin, event.at, event.at + self._clock_offset
@@ -138,7 +144,10 @@ class Gossiper(Generic[E]):
                     self._send_channel.send_nowait(message)
                 except trio.WouldBlock:
                     self._overflow += 1
-        deadline = engine.get_timer()
+        self._update_deadline()
+
+    def _update_deadline(self) -> None:
+        deadline = self.engine.get_timer()
         if deadline is None:
             deadline = math.inf
         if deadline != self._deadline:
@@ -156,10 +165,17 @@ class Gossiper(Generic[E]):
             except trio.ClosedResourceError:
                 return
             engine.receive(data, addr, current_time())
-            try:
-                await self._flush()
-            except (LocalProtocolError, trio.ClosedResourceError):
-                return  # the transport was closed under us: stop quietly
+            out = engine.datagrams_to_send()
+            events = engine.pop_events()
+            if out or events:
+                try:
+                    await self._flush(out, events)
+                except (LocalProtocolError, trio.ClosedResourceError):
+                    return  # the transport was closed under us: stop quietly
+            else:
+                # A duplicate or an ACK: nothing to send or deliver, maybe a timer to move.
+                # No coroutine for it (this is the commonest datagram).
+                self._update_deadline()
 
     async def _timer_loop(self) -> None:
         engine = self.engine
