@@ -116,46 +116,52 @@ RoundsFn = Callable[[int], None]
 Result = tuple[float, float, float, int]
 
 
+class _Window:
+    """Counters around a measured loop (GC off meanwhile): process CPU, machine busy, wall."""
+
+    def __init__(self, seconds: float) -> None:
+        gc.disable()
+        self.start = proc_stat_busy(), time.process_time(), time.perf_counter()
+        self.end = self.start[2] + seconds
+
+    def result(self, rounds: int) -> Result:
+        w1, p1, s1 = time.perf_counter(), time.process_time(), proc_stat_busy()
+        gc.enable()
+        s0, p0, w0 = self.start
+        hz = os.sysconf("SC_CLK_TCK")
+        return (p1 - p0) / rounds, (s1 - s0) / hz / rounds, (w1 - w0) / rounds, rounds
+
+
 async def measure(fn: SendFn, groups: list[list[Address]], seconds: float) -> Result:
     """Send for about ``seconds`` of wall time; per round: process CPU seconds, machine busy
     seconds, wall seconds; and the number of rounds."""
     data = os.urandom(PAYLOAD)
-    hz = os.sysconf("SC_CLK_TCK")
     n = len(groups)
     rounds = 0
-    gc.disable()
+    window = _Window(seconds)
     try:
-        s0, p0, w0 = proc_stat_busy(), time.process_time(), time.perf_counter()
-        end = w0 + seconds
         while True:
             for r in range(16):
                 await fn(data, groups[r % n])
             rounds += 16
-            if time.perf_counter() >= end:
-                break
-        w1, p1, s1 = time.perf_counter(), time.process_time(), proc_stat_busy()
+            if time.perf_counter() >= window.end:
+                return window.result(rounds)
     finally:
         gc.enable()
-    return (p1 - p0) / rounds, (s1 - s0) / hz / rounds, (w1 - w0) / rounds, rounds
 
 
 def measure_rounds(fn: RoundsFn, seconds: float) -> Result:
     """As :func:`measure`, for the floor: ``fn(16)`` runs 16 rounds of bare system calls."""
-    hz = os.sysconf("SC_CLK_TCK")
     rounds = 0
-    gc.disable()
+    window = _Window(seconds)
     try:
-        s0, p0, w0 = proc_stat_busy(), time.process_time(), time.perf_counter()
-        end = w0 + seconds
         while True:
             fn(16)
             rounds += 16
-            if time.perf_counter() >= end:
-                break
-        w1, p1, s1 = time.perf_counter(), time.process_time(), proc_stat_busy()
+            if time.perf_counter() >= window.end:
+                return window.result(rounds)
     finally:
         gc.enable()
-    return (p1 - p0) / rounds, (s1 - s0) / hz / rounds, (w1 - w0) / rounds, rounds
 
 
 async def loader_start(interface: str, repeats: int) -> tuple[float, float]:
