@@ -102,6 +102,30 @@ def test_backends_are_byte_identical(batch: list[object], seed: int) -> None:
         assert b_rx.decode_untrusted(db, float(i)) == packet
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(st.lists(st.tuples(st.binary(max_size=40), st.binary(max_size=600)), max_size=6))
+def test_tags_are_truncated_hmac_sha256_packet_after_packet(
+    backend: str, packets: list[tuple[bytes, bytes]]
+) -> None:
+    """Each backend computes its MAC its own way (cryptography: a keyed context copied per
+    packet); every tag must still be the stdlib's HMAC-SHA256, and none may depend on the
+    packets before it."""
+    from Crypto.Hash import SHA256  # noqa: PLC0415
+    from Crypto.Protocol.KDF import HKDF  # noqa: PLC0415
+
+    master = bytes(range(32))
+    mac_key = HKDF(master, 32, b"trio-gossip/v1", SHA256, 1, b"trio-gossip v1 hmac-sha256")
+    tx = ClusterKey(master, backend=backend)  # type: ignore[arg-type]
+    rx = ClusterKey(master, backend=backend)  # type: ignore[arg-type]
+    for label, body in packets:
+        sealed = tx.seal(label, body)
+        assert sealed[-16:] == hmac.digest(mac_key, sealed[:-16], "sha256")[:16]
+        assert rx.open_untrusted(sealed, len(label)) == body
+        forged = sealed[:-1] + bytes([sealed[-1] ^ 1])
+        with pytest.raises(DecryptError, match="MAC"):
+            rx.open_untrusted(forged, len(label))
+
+
 def test_auto_backend_prefers_cryptography() -> None:
     assert Keyring(bytes(32)).backend == BACKENDS[0]
     with pytest.raises(LocalProtocolError, match="backend"):
