@@ -457,8 +457,13 @@ class GossipEngine:
             known: set[Address | None] = {rnd.exclude, *rnd.acked}
             for peer in self._choose(self.config.fanout + 2, known):
                 offers.setdefault(peer, []).append(key)
-        for peer, keys in offers.items():
-            self._pull_sync(keys, peer, now)
+        # Peers offered the same keys (all of them, when one round failed) share one datagram:
+        # one encryption, one send_many (which the eBPF cloner fans out in the kernel).
+        shared: dict[tuple[bytes, ...], list[Address]] = {}
+        for peer, offered in offers.items():
+            shared.setdefault(tuple(offered), []).append(peer)
+        for keys, peers in shared.items():
+            self._pull_sync(keys, tuple(peers), now)
         self._retry_pulls(now)
         if self._next_sync is not None and now >= self._next_sync:
             self._anti_entropy(now)
@@ -554,7 +559,7 @@ class GossipEngine:
         floor = max(newest + 1, oldest)
         newer = [k for k in self._cache if k not in listed and key_timestamp_ms(k) >= floor]
         if newer:
-            self._pull_sync(newer[-len(keys) :], addr, now)  # no larger than the digest
+            self._pull_sync(newer[-len(keys) :], (addr,), now)  # no larger than the digest
 
     def _expect(self, keys: Sequence[bytes], peer: Address, now: float) -> None:
         """Remember a pull so that a lost request or response is retried."""
@@ -628,20 +633,20 @@ class GossipEngine:
         self._timer_seq += 1
         heapq.heappush(self._timers, (now + self._ack_wait(), self._timer_seq, key))
 
-    def _pull_sync(self, keys: Sequence[bytes], peer: Address, now: float) -> None:
-        """Send ``peer`` digests of those ``keys`` still cached (one datagram per max_keys)."""
+    def _pull_sync(self, keys: Sequence[bytes], peers: tuple[Address, ...], now: float) -> None:
+        """Send ``peers`` digests of those ``keys`` still cached (one datagram per max_keys)."""
         live = [k for k in keys if k in self._cache]
         step = self.codec.max_keys()
         for i in range(0, len(live), step):
-            self._send(PullSync(tuple(live[i : i + step])), (peer,), now)
-            self._n_syncs += 1
+            self._send(PullSync(tuple(live[i : i + step])), peers, now)
+            self._n_syncs += len(peers)
 
     def _anti_entropy(self, now: float) -> None:
         self._expire_seen(now)
         digest = self._digest(now)
         if digest:
             for peer in self._choose(1, set()):
-                self._pull_sync(digest, peer, now)
+                self._pull_sync(digest, (peer,), now)
 
     def _digest(self, now: float) -> list[bytes]:
         """The cached keys younger than the TTL, up to ``sync_max_datagrams`` datagrams of

@@ -421,3 +421,26 @@ def test_a_target_that_pushes_the_message_back_counts_as_an_ack(echoers: int, sy
     sent = [(dst, decode(h, d)) for _, dst, d in h.in_flight]
     assert sum(isinstance(p, PullSync) for _, p in sent) == syncs
     assert not any(dst in targets[:echoers] for dst, _ in sent)  # known holders: never asked
+
+
+def test_a_failed_round_offers_its_key_in_one_shared_datagram() -> None:
+    """The fallback PullSync to fanout + 2 peers is one encryption sent to all of them
+    (``send_many``: the eBPF cloner fans it out in the kernel)."""
+    peers = [addr(i) for i in range(20)]
+    engine = GossipEngine(
+        StaticDiscovery(peers),
+        addr(0),
+        GossipConfig(echo_suppression=0, sync_interval=100.0),
+        keyring=Keyring(KEY),
+        rng=random.Random(5),
+        clock_offset=EPOCH,
+    )
+    engine.start(0.0)
+    engine.push(b"x", 0.0)
+    engine.datagrams_to_send()
+    engine.handle_timer(0.31)  # no ACK came
+    (sync,) = engine.datagrams_to_send()
+    assert len(set(sync.addrs)) == 5 and addr(0) not in sync.addrs
+    packet = Codec(Keyring(KEY)).decode_untrusted(sync.data, EPOCH + 0.31)
+    assert isinstance(packet, PullSync) and len(packet.keys) == 1
+    assert engine.statistics().pull_syncs_sent == 5
