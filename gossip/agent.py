@@ -5,7 +5,8 @@ Usage (flags and output are a stable interface: scripts depend on them)::
     gossip agent --bind HOST:PORT --peers HOST:PORT[,HOST:PORT...] [--peers ...]
                  [--profile native|go-gossip] [--key-file PATH | --passphrase-file PATH]
                  [--fanout N] [--transport udp|ebpf [--interface IF]]
-                 [--stats-interval SECONDS]
+                 [--stats-interval SECONDS] [--delivery wait|drop]
+                 [--push-window N] [--recv-buffer BYTES]
 
 ``--bind``
     The UDP address to listen on. IPv6 hosts go in brackets: ``[::1]:7946``. Port 0 picks a
@@ -38,6 +39,22 @@ Usage (flags and output are a stable interface: scripts depend on them)::
     time are counted in the stats line's ``transport.fallbacks``.
 ``--stats-interval``
     Print a ``stats`` line every this many seconds, and a last one at shutdown.
+``--delivery``
+    What a slow stdout reader does. ``wait`` (the default): back-pressure. When 1024 delivered
+    messages wait for stdout, the node stops taking new ones (it still answers ACKs and pulls,
+    so it never goes deaf); they are counted in ``engine.deferred`` and pulled again by
+    anti-entropy once stdout drains, so none is lost as long as the reader catches up within
+    the message TTL (60 s). ``drop``: the node takes, relays and acknowledges everything, and
+    the messages stdout cannot take are not printed, counted in ``delivery_overflow``.
+``--push-window``
+    Native profile: how many of this agent's messages may be in their push round (not yet
+    acknowledged by a majority of its targets) at once; default 64. Stdin is read only as
+    fast as the cluster takes the messages (``push_waits`` in the stats line counts the waits).
+``--recv-buffer``
+    The UDP receive buffer to ask for, in bytes (default 4 MiB; Linux doubles it). As root
+    it may pass ``net.core.rmem_max``. The stats line shows what the kernel granted
+    (``transport.receive_buffer``) and the datagrams it dropped for a full buffer
+    (``transport.receive_drops``).
 
 Input: every line read from stdin is published as one message: its bytes (UTF-8 text as
 typed) without the trailing ``\\n``. A last line without a newline is published at EOF. A line
@@ -47,7 +64,8 @@ Output, stdout, one JSON object per line, written as soon as it is known::
 
     {"event": "message", "key": "<hex>", "data": "<base64>", "origin": "<host:port>", "ts": <float>}
     {"event": "stats", "ts": <float>, "address": "<host:port>", "engine": {...},
-     "transport": {...}, "delivery_queued": <int>, "delivery_overflow": <int>}
+     "transport": {...}, "delivery_queued": <int>, "delivery_overflow": <int>,
+     "push_waits": <int>}
 
 A ``message`` line is written once per message delivered to this node, never for the agent's
 own messages. ``key`` is the message id (16 bytes; 8 bytes, go-gossip's key, with
@@ -71,8 +89,8 @@ bind, cannot write stdout), 2 bad arguments (conflicting options included), key 
 passphrase file.
 
 A stalled stdout never makes the node deaf: lines are written from a worker thread, and
-messages beyond the delivery queue (1024) are dropped from stdout and counted in
-``delivery_overflow`` (the node still acknowledges and forwards them).
+what the delivery queue (1024) cannot hold is deferred (``--delivery wait``) or dropped from
+stdout (``--delivery drop``), as said above.
 """
 
 from __future__ import annotations
@@ -99,10 +117,10 @@ from gossip.compat.runtime import open_go_gossiper
 from gossip.crypto import Keyring
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
-from gossip.node import Gossiper, Message, open_gossiper
+from gossip.node import Delivery, Gossiper, Message, open_gossiper
 from gossip.protocol import GossipConfig
 from gossip.transport.base import Address, Transport
-from gossip.transport.udp import open_udp_transport
+from gossip.transport.udp import DEFAULT_RECV_BUFFER, open_udp_transport
 
 __all__ = [
     "AgentOptions",
@@ -144,7 +162,10 @@ class AgentOptions:
         fanout: peers per push round; with the go-gossip profile, peers per PullRequest
             round (go-gossip's ``GossipNumber``).
         stats_interval: seconds between ``stats`` lines; ``None`` for none.
-        delivery_queue: messages buffered for stdout before they count as overflow.
+        delivery_queue: messages buffered for stdout.
+        delivery: ``"wait"`` (back-pressure) or ``"drop"`` when stdout falls behind.
+        push_window: own messages in their push round at most (native profile).
+        recv_buffer: UDP receive buffer to ask for, in bytes.
         profile: ``"native"`` or ``"go-gossip"``.
         cipher: go-gossip's legacy cipher (go-gossip profile); ``None`` for plaintext.
         transport: ``"udp"`` or ``"ebpf"`` (native profile only; needs ``interface``).
@@ -162,6 +183,9 @@ class AgentOptions:
     fanout: int = 3
     stats_interval: float | None = None
     delivery_queue: int = 1024
+    delivery: Delivery = "wait"
+    push_window: int = 64
+    recv_buffer: int = DEFAULT_RECV_BUFFER
     profile: Profile = "native"
     cipher: LegacyGoGossipCipher | None = None
     transport: TransportKind = "udp"
@@ -186,6 +210,8 @@ class AgentOptions:
             raise LocalProtocolError("--transport ebpf needs --interface IF")
         if self.transport != "ebpf" and self.interface is not None:
             raise LocalProtocolError("--interface is only used with --transport ebpf")
+        if self.delivery not in ("wait", "drop"):
+            raise LocalProtocolError(f"unknown delivery mode {self.delivery!r}")
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -398,7 +424,10 @@ class _Agent:
         if buffer and not skipping:
             await self._publish(buffer)
         if self._last_push is not None:
-            await trio.sleep_until(self._last_push + self._grace)
+            # Our last messages' push rounds first (bounded: each ends by its deadline).
+            while getattr(self.node.engine, "in_flight", 0):
+                await trio.sleep(0.01)
+            await trio.sleep_until(max(self._last_push, trio.current_time()) + self._grace)
         self.stopped.set()
 
     async def _publish(self, line: bytes) -> None:
@@ -446,7 +475,9 @@ async def _open_transport(options: AgentOptions, stack: contextlib.AsyncExitStac
         verdict = await probe(interface)
         if verdict.ok:
             ebpf = await stack.enter_async_context(
-                open_ebpf_transport(host, port, interface=interface)
+                open_ebpf_transport(
+                    host, port, interface=interface, recv_buffer=options.recv_buffer
+                )
             )
             if ebpf.unavailable_reason is not None:
                 _note(
@@ -459,7 +490,7 @@ async def _open_transport(options: AgentOptions, stack: contextlib.AsyncExitStac
         _note(
             f"eBPF cloner cannot run on {interface!r} ({verdict.reason}); falling back to plain UDP"
         )
-    udp = await open_udp_transport(host, port)
+    udp = await open_udp_transport(host, port, recv_buffer=options.recv_buffer)
     return await stack.enter_async_context(udp)
 
 
@@ -494,9 +525,10 @@ async def _start_node(
         open_gossiper(
             discovery,
             transport,
-            GossipConfig(fanout=options.fanout),
+            GossipConfig(fanout=options.fanout, push_window=options.push_window),
             keyring=options.keyring,
             delivery_queue=options.delivery_queue,
+            delivery=options.delivery,
         )
     )
     mode = "encrypted" if options.keyring is not None else "plain text"

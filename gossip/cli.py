@@ -7,7 +7,8 @@ Commands::
     gossip agent --bind HOST:PORT --peers HOST:PORT[,HOST:PORT...]
                  [--profile native|go-gossip] [--key-file PATH | --passphrase-file PATH]
                  [--fanout N] [--transport udp|ebpf [--interface IF]]
-                 [--stats-interval SECONDS]
+                 [--stats-interval SECONDS] [--delivery wait|drop]
+                 [--push-window N] [--recv-buffer BYTES]
         run one node: stdin lines are published, delivered messages are JSON lines on stdout
         (flags, output and exit codes: :mod:`gossip.agent`; they are a stable interface)
     gossip bridge --native-bind HOST:PORT --native-peers HOST:PORT[,...] [--key-file PATH]
@@ -38,6 +39,7 @@ from gossip.demo import DemoOptions, run_demo
 from gossip.errors import GossipError, LocalProtocolError
 from gossip.keyfile import read_key_file, write_key_file
 from gossip.sim.cli import add_parser as add_sim_parser
+from gossip.transport.udp import DEFAULT_RECV_BUFFER
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -125,6 +127,9 @@ def _agent(args: argparse.Namespace) -> int:
             cipher=cipher,
             transport=args.transport,
             interface=args.interface,
+            delivery=args.delivery,
+            push_window=args.push_window,
+            recv_buffer=args.recv_buffer,
         )
     except LocalProtocolError as err:
         parser.error(str(err))  # exits 2
@@ -234,6 +239,27 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         metavar="SECONDS",
         help="print a stats JSON line this often",
+    )
+    p.add_argument(
+        "--delivery",
+        choices=("wait", "drop"),
+        default="wait",
+        help="when stdout falls behind: wait (default; take no new message until it catches "
+        "up, anti-entropy brings them later) or drop (print fewer, count delivery_overflow)",
+    )
+    p.add_argument(
+        "--push-window",
+        type=_positive_int,
+        default=64,
+        metavar="N",
+        help="own messages in their push round at most; stdin waits beyond (default 64)",
+    )
+    p.add_argument(
+        "--recv-buffer",
+        type=_positive_int,
+        default=DEFAULT_RECV_BUFFER,
+        metavar="BYTES",
+        help="UDP receive buffer to ask for (default 4 MiB; the granted size is in stats)",
     )
     p.set_defaults(func=_agent, parser=p)
     p = sub.add_parser(

@@ -1,13 +1,26 @@
 """The trio runtime: a thin pump between a transport and a :class:`~gossip.protocol.GossipEngine`.
 
-After every input (a datagram, a push, a timer) it flushes the engine's datagrams to the
-transport, hands delivered messages to the application, and re-arms one timer. Two background
-tasks (receive loop, timer) live in the nursery of :func:`open_gossiper`.
+After every input (a batch of datagrams, a push, a timer) it flushes the engine's datagrams to
+the transport, hands delivered messages to the application, and re-arms one timer. Three
+background tasks (receive loop, timer, flusher for ``push_nowait``) live in the nursery of
+:func:`open_gossiper`.
 
-Delivery never blocks the receive loop (go-gossip's slow consumer made the node deaf): messages
-go through a bounded channel, and when it is full the *newest* message is not queued for the
-application and ``delivery_overflow`` is counted. The message is still cached, acknowledged and
-forwarded, so the rest of the cluster does not suffer for one slow application.
+Back-pressure, both ways:
+
+* **Sources are paced.** ``push`` waits while the engine says no (``can_push``): more than
+  ``push_window`` of this node's messages still in their push round, or a cache full of
+  messages a pull may still ask for. A producer runs as fast as the cluster absorbs;
+  ``push_nowait`` raises ``trio.WouldBlock`` instead of waiting.
+* **Delivery never blocks the receive loop** (go-gossip's slow consumer made the node deaf).
+  With ``delivery="wait"`` (the default) a full delivery queue makes the engine stop *taking*
+  new messages: they are not delivered, cached nor acknowledged (``deferred``), the node keeps
+  answering ACKs and pulls, and anti-entropy offers them again once the application has caught
+  up (within ``message_ttl``). With ``delivery="drop"`` the newest message is not queued for
+  the application and ``delivery_overflow`` is counted; it is still cached, acknowledged and
+  forwarded.
+
+The receive loop drains up to :data:`RECEIVE_BATCH` datagrams that are already queued before it
+flushes once: under a burst, one pass through trio per batch rather than per datagram.
 """
 
 from __future__ import annotations
@@ -15,9 +28,10 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 import attrs
 import trio
@@ -29,7 +43,25 @@ from gossip.events import Event, MessageDelivered, Outgoing, SansIOEngine
 from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.base import Address, Transport, TransportStatistics
 
-__all__ = ["Gossiper", "GossiperStatistics", "Message", "open_gossiper", "run_engine"]
+__all__ = [
+    "RECEIVE_BATCH",
+    "Delivery",
+    "Gossiper",
+    "GossiperStatistics",
+    "Message",
+    "open_gossiper",
+    "run_engine",
+]
+
+#: Datagrams the receive loop takes without waiting before it flushes (when the transport
+#: has ``receive_nowait``). The delivery queue may exceed its bound by this much.
+RECEIVE_BATCH: Final = 32
+
+#: While ``push`` waits for cache room (messages ageing out), it re-checks this often.
+_ROOM_POLL: Final = 0.05
+
+Delivery = Literal["wait", "drop"]
+"""What a full delivery queue does (see :func:`open_gossiper`)."""
 
 
 @attrs.frozen(slots=True)
@@ -54,12 +86,14 @@ class Message:
 @attrs.frozen
 class GossiperStatistics:
     """A snapshot: the engine's and the transport's counters, and the delivery queue's.
-    ``engine`` is a :class:`~gossip.protocol.EngineStatistics` for the native engine."""
+    ``engine`` is a :class:`~gossip.protocol.EngineStatistics` for the native engine.
+    ``push_waits`` counts ``push`` calls that had to wait (the source was paced)."""
 
     engine: Any
     transport: TransportStatistics
     delivery_queued: int
     delivery_overflow: int
+    push_waits: int = 0
 
 
 E = TypeVar("E", bound=SansIOEngine)
@@ -69,18 +103,29 @@ class Gossiper(Generic[E]):
     """A running gossip node; made by :func:`open_gossiper` (or :func:`run_engine`)."""
 
     def __init__(
-        self, engine: E, transport: Transport, delivery_queue: int, clock_offset: float
+        self,
+        engine: E,
+        transport: Transport,
+        delivery_queue: int,
+        clock_offset: float,
+        delivery: Delivery = "wait",
     ) -> None:
         self.engine = engine
         self.transport = transport
         self._clock_offset = clock_offset
-        self._send_channel, self._receive_channel = trio.open_memory_channel[Message](
-            delivery_queue
-        )
+        self._queue: deque[Message] = deque()
+        self._capacity = delivery_queue
+        self._wait = delivery == "wait"
+        self._readers = trio.lowlevel.ParkingLot()  # tasks in receive()
+        self._pushers = trio.lowlevel.ParkingLot()  # tasks in push() waiting for the window
+        self._flush_wanted = trio.lowlevel.ParkingLot()  # the flusher, between push_nowaits
         self._overflow = 0
+        self._push_waits = 0
         self._closed = False
         self._timer_scope = trio.CancelScope()
         self._deadline = math.inf
+        receive_nowait = getattr(transport, "receive_nowait", None)
+        self._receive_nowait = receive_nowait if callable(receive_nowait) else None
 
     @property
     def local_address(self) -> Address:
@@ -88,38 +133,81 @@ class Gossiper(Generic[E]):
         return self.transport.local_address
 
     async def push(self, data: bytes) -> bytes:
-        """Publish ``data`` to the cluster; returns its message key.
+        """Publish ``data`` to the cluster; returns its message key. Waits while the node
+        has ``push_window`` messages in their push round, or no cache room for one more
+        message that a pull may still ask for: the cluster's pace, not the producer's.
 
         Raises:
             LocalProtocolError: the payload does not fit one datagram, or the node is closed.
         """
-        if self._closed:
-            raise LocalProtocolError("this gossiper is closed")
-        key = self.engine.push(data, trio.current_time())
+        self._check_open()
+        engine = self.engine
+        if not engine.can_push(len(data), trio.current_time()):
+            self._push_waits += 1
+            while not engine.can_push(len(data), trio.current_time()):
+                with trio.move_on_after(_ROOM_POLL):
+                    await self._pushers.park()
+                self._check_open()
+        key = engine.push(data, trio.current_time())
         await self._flush()
+        return key
+
+    def push_nowait(self, data: bytes) -> bytes:
+        """Publish ``data`` now, or raise ``trio.WouldBlock`` where :meth:`push` would wait.
+        The datagrams leave from a background task, right after the caller's next checkpoint.
+
+        Raises:
+            trio.WouldBlock: the window or the cache is full.
+            LocalProtocolError: the payload does not fit one datagram, or the node is closed.
+        """
+        self._check_open()
+        now = trio.current_time()
+        if not self.engine.can_push(len(data), now):
+            raise trio.WouldBlock
+        key = self.engine.push(data, now)
+        self._flush_wanted.unpark()
         return key
 
     async def receive(self) -> Message:
         """Wait for the next delivered message."""
-        return await self._receive_channel.receive()
+        while not self._queue:
+            await self._readers.park()
+        await trio.lowlevel.checkpoint()
+        return self._take()
 
     def receive_nowait(self) -> Message:
         """The next delivered message if one is queued, else raise ``trio.WouldBlock``."""
-        return self._receive_channel.receive_nowait()
+        if not self._queue:
+            raise trio.WouldBlock
+        return self._take()
 
     def __aiter__(self) -> AsyncIterator[Message]:
-        return self._receive_channel.__aiter__()
+        return self
+
+    async def __anext__(self) -> Message:
+        return await self.receive()
 
     def statistics(self) -> GossiperStatistics:
         """Counters of the engine, the transport and the delivery queue."""
         return GossiperStatistics(
             engine=self.engine.statistics(),
             transport=self.transport.statistics(),
-            delivery_queued=self._receive_channel.statistics().current_buffer_used,
+            delivery_queued=len(self._queue),
             delivery_overflow=self._overflow,
+            push_waits=self._push_waits,
         )
 
     # ------------------------------------------------------------ the pump
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LocalProtocolError("this gossiper is closed")
+
+    def _take(self) -> Message:
+        message = self._queue.popleft()
+        if not self.engine.accepting and len(self._queue) < self._capacity:
+            self.engine.accepting = True
+        return message
 
     async def _flush(
         self, outgoing: list[Outgoing] | None = None, events: list[Event] | None = None
@@ -135,16 +223,25 @@ class Gossiper(Generic[E]):
                 await transport.send(out.data, out.addrs[0])
             else:
                 await transport.send_many(out.data, out.addrs)
+        if events:
+            self._deliver(events)
+        self._update_deadline()
+
+    def _deliver(self, events: list[Event]) -> None:
+        queue = self._queue
+        offset = self._clock_offset
         for event in events:
             if type(event) is MessageDelivered:
-                message = Message(
-                    event.key, event.data, event.origin, event.at, event.at + self._clock_offset
-                )
-                try:
-                    self._send_channel.send_nowait(message)
-                except trio.WouldBlock:
+                if self._wait or len(queue) < self._capacity:
+                    queue.append(
+                        Message(event.key, event.data, event.origin, event.at, event.at + offset)
+                    )
+                else:
                     self._overflow += 1
-        self._update_deadline()
+        if self._wait and len(queue) >= self._capacity:
+            self.engine.accepting = False  # until the application takes some
+        if queue:
+            self._readers.unpark()
 
     def _update_deadline(self) -> None:
         deadline = self.engine.get_timer()
@@ -154,9 +251,12 @@ class Gossiper(Generic[E]):
             # Moving a cancel scope's deadline re-sorts trio's deadline heap: only on change.
             self._deadline = deadline
             self._timer_scope.deadline = deadline
+        if self._pushers:
+            self._pushers.unpark_all()  # they re-check the window themselves
 
     async def _receive_loop(self) -> None:
         receive = self.transport.receive
+        receive_nowait = self._receive_nowait
         engine = self.engine
         current_time = trio.current_time
         while True:
@@ -164,7 +264,16 @@ class Gossiper(Generic[E]):
                 data, addr = await receive()
             except trio.ClosedResourceError:
                 return
-            engine.receive(data, addr, current_time())
+            now = current_time()
+            engine.receive(data, addr, now)
+            if receive_nowait is not None:
+                # Take what is already queued before flushing once.
+                for _ in range(RECEIVE_BATCH - 1):
+                    try:
+                        data, addr = receive_nowait()
+                    except (trio.WouldBlock, trio.ClosedResourceError):
+                        break
+                    engine.receive(data, addr, now)
             out = engine.datagrams_to_send()
             events = engine.pop_events()
             if out or events:
@@ -173,7 +282,7 @@ class Gossiper(Generic[E]):
                 except (LocalProtocolError, trio.ClosedResourceError):
                     return  # the transport was closed under us: stop quietly
             else:
-                # A duplicate or an ACK: nothing to send or deliver, maybe a timer to move.
+                # Duplicates or ACKs: nothing to send or deliver, maybe a timer to move.
                 # No coroutine for it (this is the commonest datagram).
                 self._update_deadline()
 
@@ -191,6 +300,15 @@ class Gossiper(Generic[E]):
             except (LocalProtocolError, trio.ClosedResourceError):
                 return  # the transport was closed under us: stop quietly
 
+    async def _flush_loop(self) -> None:
+        """Send what ``push_nowait`` left in the engine (one flush for a run of them)."""
+        while True:
+            await self._flush_wanted.park()
+            try:
+                await self._flush()
+            except (LocalProtocolError, trio.ClosedResourceError):
+                return
+
 
 @asynccontextmanager
 async def run_engine(
@@ -199,15 +317,19 @@ async def run_engine(
     *,
     delivery_queue: int = 1024,
     clock_offset: float = 0.0,
+    delivery: Delivery = "wait",
 ) -> AsyncIterator[Gossiper[E]]:
     """Drive any sans-IO ``engine`` over ``transport`` until the block exits (the engine must
     already be started; ``clock_offset`` is what it adds to trio time to get Unix time)."""
-    if delivery_queue < 1:
-        raise LocalProtocolError("delivery_queue must be at least 1")
-    gossiper = Gossiper(engine, transport, delivery_queue, clock_offset)
+    if not isinstance(delivery_queue, int) or delivery_queue < 1:
+        raise LocalProtocolError("delivery_queue must be an integer >= 1")
+    if delivery not in ("wait", "drop"):
+        raise LocalProtocolError(f"delivery must be 'wait' or 'drop', got {delivery!r}")
+    gossiper = Gossiper(engine, transport, delivery_queue, clock_offset, delivery)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(gossiper._receive_loop)
         nursery.start_soon(gossiper._timer_loop)
+        nursery.start_soon(gossiper._flush_loop)
         try:
             yield gossiper
         finally:
@@ -224,6 +346,7 @@ async def open_gossiper(
     keyring: Keyring | None = None,
     rng: random.Random | None = None,
     delivery_queue: int = 1024,
+    delivery: Delivery = "wait",
 ) -> AsyncIterator[Gossiper[GossipEngine]]:
     """Run a gossip node on ``transport`` until the block exits.
 
@@ -241,7 +364,12 @@ async def open_gossiper(
         config: protocol parameters (:class:`~gossip.protocol.GossipConfig`).
         keyring: cluster keys; ``None`` runs a plain-text cluster.
         rng: randomness for peer choice and jitter; seed it for reproducible runs.
-        delivery_queue: messages buffered for the application before ``delivery_overflow``.
+        delivery_queue: messages buffered for the application (plus at most
+            :data:`RECEIVE_BATCH`).
+        delivery: what a full delivery queue does: ``"wait"`` (the default) stops taking new
+            messages until the application catches up (they come again by anti-entropy, none
+            is lost while it catches up within ``message_ttl``); ``"drop"`` skips the newest
+            for the application and counts ``delivery_overflow`` (the node still relays it).
     """
     # Labels and keys carry wall-clock time; the engine runs on trio's clock (MockClock in tests).
     clock_offset = time.time() - trio.current_time()
@@ -255,6 +383,10 @@ async def open_gossiper(
     )
     engine.start(trio.current_time())
     async with run_engine(
-        engine, transport, delivery_queue=delivery_queue, clock_offset=clock_offset
+        engine,
+        transport,
+        delivery_queue=delivery_queue,
+        clock_offset=clock_offset,
+        delivery=delivery,
     ) as gossiper:
         yield gossiper

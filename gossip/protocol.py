@@ -109,12 +109,23 @@ class GossipConfig:
         sync_interval: mean time between anti-entropy digests.
         sync_jitter: the interval is drawn from ``sync_interval * (1 +- sync_jitter)`` so that
             nodes started together do not sync in lockstep.
-        cache_entries: messages kept for pulls (the design card's MessageCacheSize).
-        cache_bytes: bound of the cache in bytes (payload + 200 bytes per entry).
+        cache_entries: an optional bound on cached messages (the design card's
+            MessageCacheSize). ``None`` (the default): the count follows from ``cache_bytes``
+            and ``message_ttl``; a message leaves the cache when it expires, so that a pull
+            for it can be answered as long as anyone may ask.
+        cache_bytes: bound of the cache in bytes (payload + 200 bytes per entry). When it is
+            full of messages younger than ``message_ttl``, :meth:`GossipEngine.can_push` is
+            false (the runtime's ``push`` waits) and relays evict the least recently used
+            entry early, counted in ``cache_evicted_early``. 64 MiB holds a minute of ~2,300
+            messages/s of 256 bytes; the memory is used only as traffic fills it.
         message_ttl: a message older than this is refused, no longer advertised or forwarded.
         max_clock_skew: tolerated difference between nodes' clocks.
         seen_capacity: keys remembered for deduplication; past it, the oldest is forgotten and
-            messages older than it are refused (never delivered twice).
+            messages older than it are refused (never delivered twice). Keep it above the
+            messages one ``message_ttl`` carries (about 100 bytes each).
+        push_window: own messages whose push round has not ended (no ACK majority, no echo,
+            no deadline yet) at most; past it :meth:`GossipEngine.can_push` is false and the
+            runtime's ``push`` waits, so a fast producer is paced by what the cluster absorbs.
         max_datagram: largest datagram sent or accepted (default 1400: no IP fragmentation).
         replay_window: sealed packets whose timestamp is further from our clock are refused.
         replay_capacity: packet tags remembered by the replay guard.
@@ -145,11 +156,13 @@ class GossipConfig:
     min_ack_timeout: float = attrs.field(default=0.005, validator=_positive)
     sync_interval: float = attrs.field(default=1.0, validator=_positive)
     sync_jitter: float = 0.25
-    cache_entries: int = attrs.field(default=512, validator=_count(1))
-    cache_bytes: int = attrs.field(default=8 << 20, validator=_count(1024))
+    cache_entries: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_count(1))
+    )
+    cache_bytes: int = attrs.field(default=64 << 20, validator=_count(1024))
     message_ttl: float = attrs.field(default=60.0, validator=_positive)
     max_clock_skew: float = attrs.field(default=5.0, validator=_positive)
-    seen_capacity: int = attrs.field(default=65536, validator=_count(16))
+    seen_capacity: int = attrs.field(default=1 << 18, validator=_count(16))
     max_datagram: int = attrs.field(default=DEFAULT_MAX_DATAGRAM)
     replay_window: float = attrs.field(default=60.0, validator=_positive)
     replay_capacity: int = attrs.field(default=16384, validator=_count(16))
@@ -161,6 +174,7 @@ class GossipConfig:
     initial_ack_timeout: float | None = attrs.field(
         default=None, validator=attrs.validators.optional(_positive)
     )
+    push_window: int = attrs.field(default=64, validator=_count(1))
 
     def __attrs_post_init__(self) -> None:
         if not MIN_DATAGRAM_LIMIT <= self.max_datagram <= MAX_DATAGRAM_LIMIT:
@@ -194,6 +208,10 @@ class EngineStatistics:
     cache_entries: int
     cache_bytes: int
     seen_entries: int
+    cache_expired: int = 0
+    cache_evicted_early: int = 0
+    deferred: int = 0
+    in_flight: int = 0
 
 
 #: Sorted rings of recent peer sequences, by ``id`` (the entry keeps the sequence alive, so an
@@ -304,8 +322,18 @@ class GossipEngine:
         self._seen: set[bytes] = set()
         self._seen_order: deque[bytes] = deque()
         self._seen_floor = -1
+        # Cached keys in arrival order (close to birth order): the cache expires by age from
+        # the front, and digests walk it with a cursor. ``_order[:_order_head]`` is spent;
+        # keys the cache already evicted are skipped where met.
+        self._order: list[bytes] = []
+        self._order_head = 0
         self._recent_cursor = 0
         self._rounds: dict[bytes, _Round] = {}
+        self._own: set[bytes] = set()  # our own messages whose push round has not ended
+        #: Set by the runtime: ``False`` while the application's delivery queue is full. New
+        #: messages are then neither delivered nor acknowledged (``deferred``): anti-entropy
+        #: offers them again later, and the pushers' missing ACKs slow the source.
+        self.accepting = True
         self._ring_source: Sequence[Address] | None = None
         self._ring_peers: tuple[Address, ...] = ()
         # Ring neighbours per push round: at most fanout - 1, so one target stays random
@@ -335,6 +363,9 @@ class GossipEngine:
         self._n_syncs = 0
         self._n_pulled = 0
         self._n_pull_retries = 0
+        self._n_expired = 0
+        self._n_evicted_early = 0
+        self._n_deferred = 0
 
     # ---------------------------------------------------------------- outputs
 
@@ -384,7 +415,29 @@ class GossipEngine:
             cache_entries=len(self._cache),
             cache_bytes=int(self._cache.currsize),
             seen_entries=len(self._seen),
+            cache_expired=self._n_expired,
+            cache_evicted_early=self._n_evicted_early,
+            deferred=self._n_deferred,
+            in_flight=len(self._own),
         )
+
+    @property
+    def in_flight(self) -> int:
+        """Own messages whose push round has not ended yet."""
+        return len(self._own)
+
+    def can_push(self, size: int, now: float) -> bool:
+        """Whether a message of ``size`` bytes can be pushed now without overrunning the
+        window (``push_window`` own rounds in flight) or evicting a cached message that a
+        pull may still ask for. :meth:`push` does not check it; the runtime waits on it."""
+        if len(self._own) >= self.config.push_window:
+            return False
+        self._expire_cache(now)
+        cache = self._cache
+        entries = self.config.cache_entries
+        if entries is not None and len(cache) >= entries:
+            return False
+        return cache.currsize + size + CACHE_ENTRY_OVERHEAD <= cache.maxsize
 
     # ---------------------------------------------------------------- inputs
 
@@ -409,7 +462,7 @@ class GossipEngine:
             )
         key = new_message_key(self._now_ms(now))
         self._remember(key, key_timestamp_ms(key), now)
-        self._cache_put(key, data)
+        self._cache_put(key, data, now)
         self._n_pushed += 1
         self._spread(key, data, None, now)
         return key
@@ -447,6 +500,7 @@ class GossipEngine:
         while timers and timers[0][0] <= now:
             _, _, key = heapq.heappop(timers)
             rnd = self._rounds.pop(key, None)
+            self._own.discard(key)
             if rnd is None or len(rnd.acked) * 2 > len(rnd.targets):
                 continue  # ended: by its ACK majority, or it came back echo_suppression times
             # No real majority: the message may have stalled. Offer it to fanout + 2 random
@@ -485,8 +539,13 @@ class GossipEngine:
         if key_ms > now_ms + self._skew_ms:
             self._drop("future", addr)
             return
+        if not self.accepting:
+            # The application is behind: take it later (a pull), not now. No ACK, so the
+            # pusher's round falls back and the source sees the cluster is not keeping up.
+            self._n_deferred += 1
+            return
         self._remember(key, key_ms, now)
-        self._cache_put(key, data)
+        self._cache_put(key, data, now)
         self._wanted.pop(key, None)
         self._n_delivered += 1
         if not pushed:
@@ -509,6 +568,7 @@ class GossipEngine:
                 # Its fallback is now ruled out whatever ACKs come: end it here, so that its
                 # deadline never wakes the node (a timer expiry costs ~30 us in trio).
                 del self._rounds[key]
+                self._own.discard(key)
 
     def _on_ack(self, key: bytes, addr: Address, now: float) -> None:
         rnd = self._rounds.get(key)
@@ -523,6 +583,7 @@ class GossipEngine:
         self._observe_rtt(now - rnd.started)
         if len(rnd.acked) * 2 > len(rnd.targets):
             del self._rounds[key]  # majority: done (its timer entry is skipped lazily)
+            self._own.discard(key)
 
     def _on_sync(self, keys: tuple[bytes, ...], addr: Address, now: float) -> None:
         now_ms = self._now_ms(now)
@@ -557,9 +618,19 @@ class GossipEngine:
         # Strictly newer: each reverse digest then only climbs in time, so an exchange always
         # ends (with ">=", two keys made in the same millisecond bounced back and forth forever).
         floor = max(newest + 1, oldest)
-        newer = [k for k in self._cache if k not in listed and key_timestamp_ms(k) >= floor]
+        # From the newest end of the arrival order, a bounded walk (the cache may hold 10^5).
+        order, cache, head = self._order, self._cache, self._order_head
+        newer: list[bytes] = []
+        i = len(order)
+        stop = max(head, i - 4 * len(keys) - 64)
+        while i > stop and len(newer) < len(keys):
+            i -= 1
+            k = order[i]
+            if k in cache and k not in listed and key_timestamp_ms(k) >= floor:
+                newer.append(k)
         if newer:
-            self._pull_sync(newer[-len(keys) :], (addr,), now)  # no larger than the digest
+            newer.reverse()
+            self._pull_sync(newer, (addr,), now)  # no larger than the digest
 
     def _expect(self, keys: Sequence[bytes], peer: Address, now: float) -> None:
         """Remember a pull so that a lost request or response is retried."""
@@ -630,6 +701,8 @@ class GossipEngine:
         self._emit(self.codec.encode_message(_PUSH, key, data, now), targets, "push")
         rnd = _Round(targets, sender, now)
         self._rounds[key] = rnd
+        if sender is None:
+            self._own.add(key)
         self._timer_seq += 1
         heapq.heappush(self._timers, (now + self._ack_wait(), self._timer_seq, key))
 
@@ -643,26 +716,38 @@ class GossipEngine:
 
     def _anti_entropy(self, now: float) -> None:
         self._expire_seen(now)
+        self._expire_cache(now)
         digest = self._digest(now)
         if digest:
             for peer in self._choose(1, set()):
                 self._pull_sync(digest, (peer,), now)
 
     def _digest(self, now: float) -> list[bytes]:
-        """The cached keys younger than the TTL, up to ``sync_max_datagrams`` datagrams of
-        them. A digest covers the whole cache (512 keys = 7 datagrams of 83) so that a node
-        that missed a message is offered it at its next sync, before the cache forgets it;
-        past the limit, successive digests walk the cache with a rotating cursor. Built from
-        the cache, not the seen set: only what we can serve is worth advertising."""
+        """Cached keys younger than the TTL, up to ``sync_max_datagrams`` datagrams of them.
+        Successive digests walk the cache in arrival order with a cursor (wrapping), so that
+        a node that missed a message is offered it before the cache forgets it; the cost of
+        a round is bounded by the limit, not the cache (which may hold 10^5 messages). Built
+        from the cache, not the seen set: only what we can serve is worth advertising."""
+        self._expire_cache(now)
         oldest = self._now_ms(now) - self._ttl_ms
-        live = [k for k in self._cache if key_timestamp_ms(k) >= oldest]
+        order, cache, head = self._order, self._cache, self._order_head
+        end = len(order)
         limit = self.codec.max_keys() * self.config.sync_max_datagrams
-        if len(live) <= limit:
-            return live
-        start = self._recent_cursor % len(live)
-        self._recent_cursor = start + limit
-        picked = live[start : start + limit]
-        return picked + live[: limit - len(picked)]
+        start = self._recent_cursor if head <= self._recent_cursor < end else head
+        picked: list[bytes] = []
+        i = start
+        for _ in range(end - head):
+            k = order[i]
+            if k in cache and key_timestamp_ms(k) >= oldest:
+                picked.append(k)
+                if len(picked) == limit:
+                    i += 1
+                    break
+            i += 1
+            if i == end:
+                i = head
+        self._recent_cursor = i
+        return picked
 
     def _ring(self, peers: Sequence[Address]) -> tuple[Address, ...]:
         """Our ring neighbours (successor, predecessor; as many as ``_ring_targets``),
@@ -742,13 +827,53 @@ class GossipEngine:
             self._seen.discard(order.popleft())
             n += 1
 
-    def _cache_put(self, key: bytes, data: bytes) -> None:
+    def _cache_put(self, key: bytes, data: bytes, now: float) -> None:
         cache = self._cache
         if len(data) + CACHE_ENTRY_OVERHEAD > cache.maxsize:
             return  # larger than the whole cache: delivered, but not kept for pulls
-        while len(cache) >= self.config.cache_entries:
-            cache.popitem()
-        cache[key] = data
+        self._expire_cache(now, limit=2)
+        entries = self.config.cache_entries
+        before = len(cache)
+        if entries is not None:
+            while len(cache) >= entries:
+                cache.popitem()
+        cache[key] = data  # LRUCache evicts by bytes here if it must
+        evicted = before + 1 - len(cache)
+        if evicted:
+            # Younger than the TTL (expired entries left above): a pull may still want them.
+            self._n_evicted_early += evicted
+        order = self._order
+        order.append(key)
+        if len(order) - self._order_head > 2 * len(cache) + 1024:
+            self._compact_order()
+
+    def _expire_cache(self, now: float, limit: int | None = None) -> None:
+        """Drop cached messages older than the TTL from the front of the arrival order."""
+        order, cache = self._order, self._cache
+        head = self._order_head
+        oldest = self._now_ms(now) - self._ttl_ms
+        end = len(order) if limit is None else min(len(order), head + limit)
+        while head < end and key_timestamp_ms(order[head]) < oldest:
+            if cache.pop(order[head], None) is not None:
+                self._n_expired += 1
+            head += 1
+        self._order_head = head
+        if head > 1024 and head * 2 > len(order):
+            self._compact_order()
+
+    def _compact_order(self) -> None:
+        """Forget spent and evicted keys of the arrival order (amortised O(1) per key)."""
+        cache = self._cache
+        cursor_key = (
+            self._order[self._recent_cursor]
+            if self._order_head <= self._recent_cursor < len(self._order)
+            else None
+        )
+        self._order = [k for k in self._order[self._order_head :] if k in cache]
+        self._order_head = 0
+        self._recent_cursor = 0
+        if cursor_key is not None and cursor_key in cache:
+            self._recent_cursor = self._order.index(cursor_key)
 
     def _ack_wait(self) -> float:
         cfg = self.config

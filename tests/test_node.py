@@ -12,7 +12,7 @@ import trio.testing
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
-from gossip.node import Gossiper, Message, open_gossiper
+from gossip.node import Delivery, Gossiper, Message, open_gossiper
 from gossip.protocol import GossipConfig
 from gossip.transport.base import Transport
 from gossip.transport.memory import LinkConditions, MemoryNetwork
@@ -26,7 +26,8 @@ async def run_cluster(
     key: bytes | None = None,
     config: GossipConfig | None = None,
     delivery_queue: int = 1024,
-    readers: bool = True,
+    readers: bool | frozenset[int] = True,
+    delivery: Delivery = "wait",
 ) -> None:
     disc = StaticDiscovery([t.local_address for t in transports])
     got: list[dict[bytes, Message]] = [{} for _ in transports]
@@ -44,10 +45,11 @@ async def run_cluster(
                 keyring=Keyring(key) if key else None,
                 rng=random.Random(i),
                 delivery_queue=delivery_queue,
+                delivery=delivery,
             ) as g:
                 nodes.append(g)
                 task_status.started()
-                if not readers:
+                if readers is False or (readers is not True and i not in readers):
                     await trio.sleep_forever()
                 async for message in g:
                     duplicates += message.key in got[i]
@@ -90,7 +92,8 @@ async def test_slow_application_never_blocks_the_node(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     """go-gossip flaw 12: a full application channel made the node deaf. Here node 0's
-    application never reads; it still relays everything and counts what it could not queue."""
+    application never reads (``delivery="drop"``); it still relays everything and counts
+    what it could not queue."""
     net = MemoryNetwork(seed=1)
     transports: list[Transport] = [net.open_transport() for _ in range(6)]
 
@@ -104,7 +107,40 @@ async def test_slow_application_never_blocks_the_node(
         assert stats.delivery_queued == 4
         assert stats.delivery_overflow == 36
 
-    await run_cluster(transports, body, delivery_queue=4, readers=False)
+    await run_cluster(transports, body, delivery_queue=4, readers=False, delivery="drop")
+
+
+async def test_slow_application_waits_then_gets_everything(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``delivery="wait"``: node 0's application stops reading. Its queue holds 4, it takes
+    no more (deferred, not lost), the others still get every message, and once it reads
+    again anti-entropy brings it the other 36, each once."""
+    net = MemoryNetwork(seed=1)
+    transports: list[Transport] = [net.open_transport() for _ in range(6)]
+
+    async def body(nodes: list[Gossiper], got: list[dict[bytes, Message]]) -> None:
+        keys = set()
+        for m in range(40):
+            keys.add(await nodes[1 + m % 5].push(b"%d" % m))
+            await trio.sleep(0.01)
+        await trio.sleep(5)
+        stats = nodes[0].statistics()
+        assert stats.delivery_queued == 4
+        assert stats.engine.delivered == 4
+        assert stats.engine.deferred > 0
+        assert stats.delivery_overflow == 0
+        for i in range(1, 6):  # node 0 did not stall the others
+            assert len(got[i]) == 32 and set(got[i]) < keys  # 40 minus its own 8
+        received = []
+        with trio.fail_after(30):
+            while len(received) < 40:
+                received.append((await nodes[0].receive()).key)
+        assert sorted(received) == sorted(keys)
+        await trio.sleep(5)
+        assert nodes[0].statistics().delivery_queued == 0  # nothing twice
+
+    await run_cluster(transports, body, delivery_queue=4, readers=frozenset(range(1, 6)))
 
 
 async def test_shutdown_and_closed_transport(autojump_clock: trio.testing.MockClock) -> None:

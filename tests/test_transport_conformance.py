@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import os
 import random
 import socket
 import sys
@@ -27,7 +28,12 @@ from gossip.errors import LocalProtocolError
 from gossip.transport.base import Address, Transport, TransportStatistics
 from gossip.transport.ebpf import EBPFTransport
 from gossip.transport.memory import MemoryNetwork
-from gossip.transport.udp import CHECKPOINT_EVERY, UDPTransport, open_udp_transport
+from gossip.transport.udp import (
+    CHECKPOINT_EVERY,
+    DEFAULT_RECV_BUFFER,
+    UDPTransport,
+    open_udp_transport,
+)
 
 TIMEOUT = 10  # seconds of real time; loopback tests take milliseconds
 
@@ -284,7 +290,10 @@ async def test_statistics_count_datagrams_and_bytes(factory: TransportFactory) -
     with trio.fail_after(TIMEOUT):
         a = await factory.open()
         b = await factory.open()
-        assert a.statistics() == TransportStatistics()
+        # The granted receive buffer is the socket's (0 for the in-memory network).
+        granted = a.statistics().receive_buffer
+        assert granted == b.statistics().receive_buffer
+        assert attrs.evolve(a.statistics(), receive_buffer=0) == TransportStatistics()
         for size in (10, 20, 30):
             await a.send(bytes(size), b.local_address)
         await a.send_many(bytes(5), [b.local_address, b.local_address])
@@ -294,12 +303,41 @@ async def test_statistics_count_datagrams_and_bytes(factory: TransportFactory) -
         # ``fallbacks`` is the transport's own (the eBPF transport without its cloner counts
         # the fan-out's 2 datagrams there); every other counter is exact.
         assert attrs.evolve(before, fallbacks={}) == TransportStatistics(
-            datagrams_sent=5, bytes_sent=70
+            datagrams_sent=5, bytes_sent=70, receive_buffer=granted
         )
         assert sum(before.fallbacks.values()) <= 2
-        assert b.statistics() == TransportStatistics(datagrams_received=5, bytes_received=70)
+        assert b.statistics() == TransportStatistics(
+            datagrams_received=5, bytes_received=70, receive_buffer=granted
+        )
         await a.send(b"x", b.local_address)
         assert before.datagrams_sent == 5  # a snapshot, not a live view
+
+
+async def test_receive_nowait_takes_only_what_is_queued(factory: TransportFactory) -> None:
+    # The runtime drains a burst with it: one flush per batch, not per datagram.
+    with trio.fail_after(TIMEOUT):
+        a = await factory.open()
+        b = await factory.open()
+        nowait = getattr(b, "receive_nowait", None)
+        assert nowait is not None, "every transport of this project can drain without waiting"
+        with pytest.raises(trio.WouldBlock):
+            nowait()
+        for i in range(5):
+            await a.send(b"%d" % i, b.local_address)
+        got = [await b.receive()]
+        while len(got) < 5:
+            try:
+                got.append(nowait())
+            except trio.WouldBlock:
+                await trio.sleep(0.001)  # not there yet (a delayed link)
+        assert sorted(d for d, _ in got) == [b"0", b"1", b"2", b"3", b"4"]
+        assert {src for _, src in got} == {a.local_address}
+        assert b.statistics().datagrams_received == 5
+        with pytest.raises(trio.WouldBlock):
+            nowait()
+        await b.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            nowait()
 
 
 # -- cancellation and fairness --------------------------------------------------------------
@@ -591,3 +629,42 @@ async def test_open_udp_transport_applies_recv_buffer() -> None:
         # Linux doubles the request; others store it as given.
         assert t.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 65536
         assert t.socket.getblocking() is False
+        assert t.statistics().receive_buffer == t.receive_buffer >= 65536
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SO_RCVBUFFORCE is Linux-only")
+async def test_open_udp_transport_asks_for_a_burst_sized_buffer_by_default() -> None:
+    async with await open_udp_transport("127.0.0.1") as t:
+        with open("/proc/sys/net/core/rmem_max") as f:
+            rmem_max = int(f.read())
+        # Forced as root (CAP_NET_ADMIN), else capped by rmem_max; Linux doubles either.
+        expected = 2 * (
+            DEFAULT_RECV_BUFFER if os.geteuid() == 0 else min(DEFAULT_RECV_BUFFER, rmem_max)
+        )
+        assert t.receive_buffer == expected
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SO_MEMINFO is Linux-only")
+async def test_udp_counts_the_kernels_drops_for_a_full_receive_buffer() -> None:
+    # The burst lost 5,539 datagrams in the kernel and nothing showed it.
+    with trio.fail_after(TIMEOUT):
+        async with (
+            await open_udp_transport("127.0.0.1") as a,
+            await open_udp_transport("127.0.0.1", recv_buffer=4096) as b,
+        ):
+            assert b.statistics().receive_drops == 0
+            sent = 2000
+            for _ in range(sent):
+                await a.send(bytes(200), b.local_address)
+            received = 0
+            while True:
+                try:
+                    b.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                received += 1
+            drops = b.statistics().receive_drops
+            assert received < sent
+            assert drops == sent - received  # every datagram is received or counted
+            await b.aclose()
+            assert b.statistics().receive_drops == drops  # kept from the moment of closing

@@ -104,6 +104,8 @@ class GoGossipStatistics:
     duplicates: int = 0
     messages_pushed: int = 0
     cached_messages: int = 0
+    #: New messages skipped while the application's delivery queue was full.
+    deferred: int = 0
     #: Datagrams refused, keyed by :attr:`PacketDropped.reason`.
     dropped: dict[str, int] = attrs.field(factory=dict)
 
@@ -207,8 +209,15 @@ class GoGossipEngine:
         self._events: list[Event] = []
         self._counters: dict[str, int] = {}
         self._dropped: dict[str, int] = {}
+        #: Set by the runtime: ``False`` while the application's queue is full. New messages
+        #: of a PullResponse are then skipped (``deferred``); the next pull brings them again.
+        self.accepting = True
 
     # ---- inputs ---------------------------------------------------------------------
+
+    def can_push(self, size: int, now: float) -> bool:
+        """Always: go-gossip has no push round to wait for (pulls read the cache)."""
+        return True
 
     def push(self, data: bytes, now: float, *, key: bytes | None = None) -> bytes:
         """Offer a message to the cluster: it is cached and served to the next PullRequests.
@@ -374,6 +383,9 @@ class GoGossipEngine:
         for key, value in packet.items:
             if key in self._seen:
                 self._count("duplicates")
+                continue
+            if not self.accepting:
+                self._count("deferred")
                 continue
             self._remember(key, value)
             self._count("messages_delivered")

@@ -27,6 +27,10 @@ class TransportStatistics:
     bytes_sent: int = 0
     bytes_received: int = 0
     send_errors: int = 0
+    #: The receive buffer the kernel granted, in bytes (0: not a socket, or unknown).
+    receive_buffer: int = 0
+    #: Datagrams the kernel dropped for a full receive buffer (0 where it does not tell).
+    receive_drops: int = 0
     #: Datagrams ``send_many`` handed to a fallback path (the eBPF transport uses it when the
     #: kernel fan-out cannot serve a group); keyed by reason. Empty for plain transports.
     fallbacks: dict[str, int] = attrs.field(factory=dict)

@@ -48,7 +48,12 @@ import trio
 from gossip.errors import LocalProtocolError
 from gossip.transport import _bpfsys, _netns
 from gossip.transport.base import Address, TransportStatistics
-from gossip.transport.udp import DEFAULT_SEND_TIMEOUT, UDPTransport, open_udp_transport
+from gossip.transport.udp import (
+    DEFAULT_RECV_BUFFER,
+    DEFAULT_SEND_TIMEOUT,
+    UDPTransport,
+    open_udp_transport,
+)
 
 __all__ = [
     "DEFAULT_MARKER",
@@ -518,6 +523,10 @@ class EBPFTransport:
         """The next datagram, as :meth:`UDPTransport.receive`."""
         return await self._udp.receive()
 
+    def receive_nowait(self) -> tuple[bytes, Address]:
+        """A queued datagram, as :meth:`UDPTransport.receive_nowait`."""
+        return self._udp.receive_nowait()
+
     async def send_many(self, data: bytes, addrs: Sequence[Address]) -> None:
         """Send ``data`` to every address: through the cloner (one map update and one
         ``sendto()`` per 64 peers) where it can serve them, else one ``sendto()`` each,
@@ -573,6 +582,8 @@ class EBPFTransport:
             bytes_received=s.bytes_received,
             send_errors=s.send_errors,
             fallbacks=dict(self._fallbacks),
+            receive_buffer=s.receive_buffer,
+            receive_drops=s.receive_drops,
         )
 
     async def aclose(self) -> None:
@@ -774,7 +785,7 @@ async def open_ebpf_transport(
     marker: Address = DEFAULT_MARKER,
     require_cloner: bool = False,
     refresh_interval: float = 5.0,
-    recv_buffer: int | None = None,
+    recv_buffer: int | None = DEFAULT_RECV_BUFFER,
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
 ) -> AsyncIterator[EBPFTransport]:
     """Open a UDP transport and attach the cloner to ``interface`` for its fan-outs.

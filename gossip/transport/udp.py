@@ -20,6 +20,8 @@ from __future__ import annotations
 import errno
 import math
 import socket
+import struct
+import sys
 from collections.abc import Sequence
 
 import trio
@@ -27,7 +29,13 @@ import trio
 from gossip.errors import LocalProtocolError
 from gossip.transport.base import Address, AsyncClosing, TransportStatistics
 
-__all__ = ["CHECKPOINT_EVERY", "DEFAULT_SEND_TIMEOUT", "UDPTransport", "open_udp_transport"]
+__all__ = [
+    "CHECKPOINT_EVERY",
+    "DEFAULT_RECV_BUFFER",
+    "DEFAULT_SEND_TIMEOUT",
+    "UDPTransport",
+    "open_udp_transport",
+]
 
 #: ``receive``/``send`` checkpoint once per this many consecutive calls that did not wait.
 CHECKPOINT_EVERY = 64
@@ -35,8 +43,21 @@ CHECKPOINT_EVERY = 64
 #: Seconds ``send`` waits for room in a full socket buffer before counting a send error.
 DEFAULT_SEND_TIMEOUT = 0.1
 
+#: Receive buffer asked for by :func:`open_udp_transport`: 4 MiB, which Linux doubles for its
+#: bookkeeping. A small datagram takes ~768 bytes of it on loopback, so 8 MiB queues ~10,000:
+#: a burst of a few thousand messages (5 datagrams each per node) while the node is busy.
+#: Memory is charged only while datagrams wait.
+DEFAULT_RECV_BUFFER = 4 << 20
+
 # The largest UDP payload; a bigger buffer would only cost memory.
 _MAX_DATAGRAM = 65535
+
+# Linux socket options the socket module does not name. SO_RCVBUFFORCE passes
+# net.core.rmem_max (needs CAP_NET_ADMIN); SO_MEMINFO reads the socket's memory counters,
+# of which the 9th is the datagrams the kernel dropped for a full receive buffer.
+_SO_RCVBUFFORCE = 33
+_SO_MEMINFO = 55
+_MEMINFO = struct.Struct("9I")
 
 # Errors recvfrom reports for an earlier datagram of ours (ICMP unreachable and friends, on
 # connected sockets or with IP_RECVERR on Linux, always on Windows). They say nothing about
@@ -110,6 +131,7 @@ class UDPTransport(AsyncClosing):
         self._bytes_received = 0
         self._send_errors = 0
         self._receive_errors = 0
+        self._drops_at_close = 0
 
     @property
     def local_address(self) -> Address:
@@ -120,6 +142,27 @@ class UDPTransport(AsyncClosing):
     def socket(self) -> socket.socket:
         """The underlying socket, for socket options (do not read, write or close it)."""
         return self._sock
+
+    @property
+    def receive_buffer(self) -> int:
+        """The receive buffer the kernel granted (``SO_RCVBUF``; Linux reports twice what was
+        asked, capped by ``net.core.rmem_max`` unless the process may pass it)."""
+        return int(self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+    @property
+    def receive_drops(self) -> int:
+        """Datagrams the kernel dropped because this socket's receive buffer was full (Linux:
+        ``SO_MEMINFO``; 0 where the system does not tell). Gossip repairs them, but a rising
+        count says the node cannot keep up: raise ``recv_buffer`` or lower the load."""
+        if self._closed:
+            return self._drops_at_close
+        if not sys.platform.startswith("linux"):
+            return 0
+        try:
+            raw = self._sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size)
+        except OSError:
+            return 0
+        return int(_MEMINFO.unpack(raw)[8])
 
     @property
     def receive_errors(self) -> int:
@@ -160,6 +203,32 @@ class UDPTransport(AsyncClosing):
                 self._receive_errors += 1
                 continue
             self._recv_streak += 1
+            self._datagrams_received += 1
+            self._bytes_received += len(data)
+            if self._ipv6:
+                addr = (addr[0], addr[1])
+            return data, addr
+
+    def receive_nowait(self) -> tuple[bytes, Address]:
+        """The next datagram if one is already queued, else raise ``trio.WouldBlock``: lets
+        a receive loop drain a burst without a trip through the scheduler per datagram.
+
+        Raises:
+            trio.WouldBlock: nothing is queued.
+            trio.ClosedResourceError: the transport is closed.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("the transport is closed")
+        while True:
+            try:
+                data, addr = self._sock.recvfrom(_MAX_DATAGRAM)
+            except BlockingIOError:
+                raise trio.WouldBlock from None
+            except OSError as exc:
+                if exc.errno not in _TRANSIENT_RECV_ERRNOS:
+                    raise
+                self._receive_errors += 1
+                continue
             self._datagrams_received += 1
             self._bytes_received += len(data)
             if self._ipv6:
@@ -259,6 +328,8 @@ class UDPTransport(AsyncClosing):
             bytes_sent=self._bytes_sent,
             bytes_received=self._bytes_received,
             send_errors=self._send_errors,
+            receive_buffer=0 if self._closed else self.receive_buffer,
+            receive_drops=self.receive_drops,
         )
 
     async def aclose(self) -> None:
@@ -267,6 +338,7 @@ class UDPTransport(AsyncClosing):
         Like every trio ``aclose``, it closes even when cancelled.
         """
         if not self._closed:
+            self._drops_at_close = self.receive_drops
             self._closed = True
             # Wakes tasks parked in wait_readable/wait_writable with ClosedResourceError;
             # closing the fd under them would leave them waiting forever.
@@ -283,7 +355,7 @@ async def open_udp_transport(
     host: str,
     port: int = 0,
     *,
-    recv_buffer: int | None = None,
+    recv_buffer: int | None = DEFAULT_RECV_BUFFER,
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
 ) -> UDPTransport:
     """Bind a UDP socket and wrap it in a :class:`UDPTransport`.
@@ -295,8 +367,11 @@ async def open_udp_transport(
         host: the address to bind; its family (IPv4 or IPv6) is the transport's. A name is
             resolved through ``trio.socket.getaddrinfo`` (numeric hosts need no lookup).
         port: the port to bind; 0 picks a free one.
-        recv_buffer: ``SO_RCVBUF`` in bytes (Linux doubles it and caps it at
-            ``net.core.rmem_max``); ``None`` keeps the system default.
+        recv_buffer: the receive buffer to ask for, in bytes (default
+            :data:`DEFAULT_RECV_BUFFER`). With CAP_NET_ADMIN it is forced past
+            ``net.core.rmem_max``; otherwise Linux caps it there. Linux doubles it. The value
+            granted is :attr:`UDPTransport.receive_buffer` and in ``statistics()``. ``None``
+            keeps the system default.
         send_timeout: see :class:`UDPTransport`.
 
     Returns:
@@ -320,9 +395,21 @@ async def open_udp_transport(
     sock = socket.socket(family, socket.SOCK_DGRAM, proto)
     try:
         if recv_buffer is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer)
+            _set_receive_buffer(sock, recv_buffer)
         sock.bind(sockaddr)
         return UDPTransport(sock, send_timeout=send_timeout)
     except BaseException:
         sock.close()
         raise
+
+
+def _set_receive_buffer(sock: socket.socket, size: int) -> None:
+    """Ask for ``size`` bytes of receive buffer: forced past ``rmem_max`` where the process
+    may (Linux, CAP_NET_ADMIN), else as much as the system allows."""
+    if sys.platform.startswith("linux"):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
+            return
+        except OSError:
+            pass  # not privileged: the plain option, capped by net.core.rmem_max
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)

@@ -1,0 +1,228 @@
+"""Bursts (issue 15): the push window, a cache bounded by bytes and age, deferred delivery,
+and the runtime's pacing of a producer that pushes faster than the cluster absorbs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+import trio.testing
+
+from gossip.crypto import Keyring, generate_key
+from gossip.discovery import StaticDiscovery
+from gossip.errors import LocalProtocolError
+from gossip.node import Gossiper, open_gossiper
+from gossip.protocol import CACHE_ENTRY_OVERHEAD, GossipConfig, GossipEngine
+from gossip.transport.base import Transport
+from gossip.transport.memory import LinkConditions, MemoryNetwork
+
+from .harness import Harness, addr
+
+# -- the engine ---------------------------------------------------------------------------
+
+
+def test_window_counts_own_rounds_until_they_end() -> None:
+    h = Harness(4, config=GossipConfig(push_window=3))
+    origin = h.engines[0]
+    for i in range(3):
+        assert origin.can_push(10, h.now)
+        h.push(0, b"m%d" % i)
+    assert origin.in_flight == 3
+    assert not origin.can_push(10, h.now)  # the window is full
+    h.deliver_all()  # ACKs come back: every round reaches its majority
+    assert origin.in_flight == 0
+    assert origin.can_push(10, h.now)
+    assert h.everyone_has_everything()
+
+
+def test_a_round_without_acks_leaves_the_window_at_its_deadline() -> None:
+    h = Harness(4, config=GossipConfig(push_window=1, ack_timeout=0.3))
+    h.push(0, b"lost")
+    h.in_flight.clear()  # every push is lost
+    assert not h.engines[0].can_push(1, h.now)
+    h.advance(0.31)  # the deadline: the round ends (a PullSync fallback goes out)
+    assert h.engines[0].in_flight == 0
+    assert h.engines[0].can_push(1, h.now)
+    assert h.engines[0].statistics().ack_rounds_failed == 1
+
+
+def test_relayed_messages_do_not_count_against_the_window() -> None:
+    h = Harness(5, config=GossipConfig(push_window=1))
+    h.push(0, b"x")
+    h.deliver(0)  # one target gets it and forwards it: a relay round, not its own
+    relay = h.index(h.in_flight[-1][0])
+    assert h.engines[relay].in_flight == 0
+
+
+def test_cache_expires_by_age_not_by_count() -> None:
+    config = GossipConfig(message_ttl=10.0, sync_interval=1.0)
+    h = Harness(2, config=config)
+    for i in range(2000):  # four times the old 512-entry default
+        h.push(0, b"%d" % i)
+    h.deliver_all()
+    assert h.engines[1].statistics().cache_entries == 2000
+    assert h.engines[1].statistics().cache_evicted_early == 0
+    h.run(11.0, step=0.5)  # past the TTL: anti-entropy expires them
+    stats = h.engines[1].statistics()
+    assert stats.cache_entries == 0
+    assert stats.cache_expired == 2000
+    assert stats.cache_evicted_early == 0
+
+
+def test_full_cache_stops_the_source_and_counts_early_evictions_at_relays() -> None:
+    # Room for exactly 10 messages of 100 bytes.
+    nbytes = 10 * (100 + CACHE_ENTRY_OVERHEAD)
+    origin = GossipEngine(
+        StaticDiscovery([addr(0), addr(1)]),
+        addr(0),
+        GossipConfig(cache_bytes=nbytes, push_window=100),
+    )
+    for i in range(10):
+        assert origin.can_push(100, float(i))
+        origin.push(bytes(100), float(i))
+    assert not origin.can_push(100, 10.0)  # every cached message may still be pulled
+    assert origin.can_push(100, 61.0)  # the first one's TTL (60 s) has passed
+    relay = GossipEngine(
+        StaticDiscovery([addr(0), addr(1)]), addr(1), GossipConfig(cache_bytes=nbytes)
+    )
+    for out in origin.datagrams_to_send():
+        relay.receive(out.data, addr(0), 10.0)
+    relay.receive(origin.codec.encode_message(1, _key(10.0), bytes(100), 10.0), addr(0), 10.0)
+    stats = relay.statistics()
+    assert stats.delivered == 11
+    assert stats.cache_entries == 10
+    assert stats.cache_evicted_early == 1
+
+
+def _key(now: float) -> bytes:
+    from gossip.wire import new_message_key  # noqa: PLC0415
+
+    return new_message_key(int(now * 1000))
+
+
+def test_cache_entries_bound_is_optional_and_validated() -> None:
+    assert GossipConfig().cache_entries is None
+    with pytest.raises(LocalProtocolError):
+        GossipConfig(cache_entries=0)
+    with pytest.raises(LocalProtocolError):
+        GossipConfig(push_window=0)
+    engine = GossipEngine(StaticDiscovery([addr(1)]), addr(0), GossipConfig(cache_entries=3))
+    for i in range(3):
+        engine.push(b"x", i * 1e-3)
+    assert not engine.can_push(1, 0.01)  # three entries, the bound: wait
+
+
+def test_digest_walks_a_large_cache_at_bounded_cost() -> None:
+    # 5,000 cached keys, 83 keys a datagram: successive digests cover all of them in turn
+    # (8 datagrams each), each round touching about one digest's worth of keys.
+    config = GossipConfig(sync_max_datagrams=8, sync_interval=1.0, sync_jitter=0.0)
+    engine = GossipEngine(StaticDiscovery([addr(1)]), addr(0), config)
+    keys = {engine.push(b"x", i * 1e-4) for i in range(5000)}
+    engine.datagrams_to_send()
+    offered: set[bytes] = set()
+    per_round = engine.codec.max_keys() * 8
+    rounds = 0
+    while offered != keys:
+        digest = engine._digest(1.0)
+        assert len(digest) == per_round or offered | set(digest) == keys
+        offered |= set(digest)
+        rounds += 1
+        assert rounds <= -(-5000 // per_round)
+    assert rounds == -(-5000 // per_round)
+
+
+def test_engine_defers_new_messages_while_not_accepting() -> None:
+    h = Harness(3)
+    h.engines[1].accepting = False
+    h.push(0, b"later")
+    h.deliver_all()
+    stats = h.engines[1].statistics()
+    assert stats.deferred >= 1
+    assert stats.delivered == 0
+    assert stats.sent_by_type["ack"] == 0  # not taken, so not acknowledged
+    h.engines[1].accepting = True
+    h.run(5.0)  # anti-entropy brings it
+    assert h.everyone_has_everything()
+    assert h.duplicate_deliveries == 0
+
+
+# -- the runtime --------------------------------------------------------------------------
+
+
+async def test_push_waits_for_the_window_and_push_nowait_refuses(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = MemoryNetwork(seed=3, default=LinkConditions(delay=0.01))
+    transports: list[Transport] = [net.open_transport() for _ in range(4)]
+    disc = StaticDiscovery([t.local_address for t in transports])
+    config = GossipConfig(push_window=2)
+    async with trio.open_nursery() as nursery:
+        nodes: list[Gossiper[GossipEngine]] = []
+
+        async def run(i: int, task_status: trio.TaskStatus[None]) -> None:
+            async with open_gossiper(disc, transports[i], config, rng=random.Random(i)) as g:
+                nodes.append(g)
+                task_status.started()
+                await trio.sleep_forever()
+
+        for i in range(4):
+            await nursery.start(run, i)
+        origin = next(g for g in nodes if g.transport is transports[0])
+        origin.push_nowait(b"a")
+        origin.push_nowait(b"b")
+        with pytest.raises(trio.WouldBlock):
+            origin.push_nowait(b"c")  # two rounds in flight: the window
+        start = trio.current_time()
+        await origin.push(b"c")  # waits for an ACK round trip (2 x 10 ms)
+        assert trio.current_time() - start >= 0.019
+        assert origin.statistics().push_waits == 1
+        await trio.sleep(1)
+        for g in nodes:
+            if g is not origin:
+                assert sorted(g.receive_nowait().data for _ in range(3)) == [b"a", b"b", b"c"]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.1])
+async def test_burst_reaches_every_node_exactly_once(
+    autojump_clock: trio.testing.MockClock, loss: float
+) -> None:
+    """A producer pushing as fast as it can: every message reaches every node once."""
+    count = 1000
+    net = MemoryNetwork(seed=11, default=LinkConditions(loss=loss, delay=0.0005, jitter=0.001))
+    transports: list[Transport] = [net.open_transport() for _ in range(12)]
+    disc = StaticDiscovery([t.local_address for t in transports])
+    key = generate_key()
+    got: list[list[bytes]] = [[] for _ in transports]
+    pushed: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        nodes: list[Gossiper[GossipEngine]] = []
+
+        async def run(i: int, task_status: trio.TaskStatus[None]) -> None:
+            async with open_gossiper(
+                disc,
+                transports[i],
+                GossipConfig(push_window=16),
+                keyring=Keyring(key),
+                rng=random.Random(i),
+                delivery_queue=64,
+            ) as g:
+                nodes.append(g)
+                task_status.started()
+                async for m in g:
+                    got[i].append(m.key)
+
+        for i in range(len(transports)):
+            await nursery.start(run, i)
+        origin = next(g for g in nodes if g.transport is transports[0])
+        for n in range(count):
+            pushed.append(await origin.push(b"%05d" % n + bytes(250)))
+        assert origin.statistics().push_waits > 0  # it was paced
+        with trio.fail_after(60):
+            while not all(len(g) == count for g in got[1:]):
+                await trio.sleep(0.5)
+        await trio.sleep(5)  # and nothing arrives twice later
+        nursery.cancel_scope.cancel()
+    for received in got[1:]:
+        assert sorted(received) == sorted(pushed)
