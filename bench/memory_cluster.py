@@ -1,11 +1,15 @@
 """A cluster on the in-memory network in virtual time (issue 3's loss acceptance).
 
-Run: ``python -m bench.memory_cluster [--nodes 50] [--loss 0.2] [--messages 1000]``. Every node
+Run: ``python -m bench.memory_cluster [--nodes 50] [--loss 0.2] [--messages 1000]``, or with
+``--burst`` (issue 15's burst acceptance: ``--nodes 50 --loss 0.1 --messages 10000 --burst``),
+where node 0 pushes every message back to back as fast as its push window lets it. Every node
 runs the real trio runtime (``open_gossiper``) over ``MemoryNetwork`` under
 ``trio.testing.MockClock(autojump_threshold=0)``: latencies are protocol time, not CPU time.
 Messages are pushed from random origins every ``--interval`` seconds; after the last one the
-cluster runs ``--tail`` seconds more. Reports delivery (every node, exactly once), latency to
-each node and to the last node (p50/p99), and datagrams per message per node by type.
+cluster runs ``--tail`` seconds more (in a burst: until every node has every message, at most
+``--tail`` seconds, then 2 s more so that a late duplicate would be seen). Reports delivery
+(every node, exactly once), latency to each node and to the last node (p50/p99), and datagrams
+per message per node by type.
 """
 
 from __future__ import annotations
@@ -64,12 +68,23 @@ async def cluster(args: argparse.Namespace) -> dict[str, object]:
             await nursery.start(run, i)
         nodes.sort(key=lambda g: transports.index(g.transport))  # type: ignore[arg-type]
         rng = random.Random(args.seed)
+        start = trio.current_time()
+        burst_s = 0.0
         for j in range(args.messages):
-            origin = rng.randrange(args.nodes)
+            origin = 0 if args.burst else rng.randrange(args.nodes)
             k = await nodes[origin].push(b"message %d " % j + bytes(args.size))
             pushed[k] = (origin, trio.current_time())
-            await trio.sleep(args.interval)
-        await trio.sleep(args.tail)
+            if not args.burst:
+                await trio.sleep(args.interval)
+        pushed_s = trio.current_time() - start
+        if args.burst:
+            with trio.move_on_after(args.tail):
+                while not all(len(got[i]) == args.messages for i in range(1, args.nodes)):
+                    await trio.sleep(0.1)
+            burst_s = trio.current_time() - start
+            await trio.sleep(2.0)
+        else:
+            await trio.sleep(args.tail)
         nursery.cancel_scope.cancel()
 
     per_node: list[float] = []
@@ -101,6 +116,9 @@ async def cluster(args: argparse.Namespace) -> dict[str, object]:
         "packets_per_message_per_node": sum(by_type.values()),
         "by_type": by_type,
         "pulled": sum(s.pulled for s in engine),
+        "push_waits": nodes[0].statistics().push_waits,
+        "pushed_s": pushed_s,
+        "complete_s": burst_s if args.burst and complete == args.messages else None,
     }
 
 
@@ -113,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--tail", type=float, default=30.0)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--burst", action="store_true", help="node 0 pushes back to back")
     parser.add_argument("--echo-suppression", type=int, default=GossipConfig().echo_suppression)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
@@ -136,6 +155,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         f"| datagrams per message per node | {r['packets_per_message_per_node']:.2f} ({detail}) |"
     )
     print(f"| messages obtained by pull | {r['pulled']} |")
+    if args.burst:
+        print(f"| push waits at the source | {r['push_waits']} |")
+        print(f"| virtual time to push all / to every node | {r['pushed_s']:.1f} / ", end="")
+        print(f"{r['complete_s']:.1f} s |" if r["complete_s"] is not None else "never |")
     return r
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import dissemination, hostile_agent, memory_bound, relay_cost
+from bench import burst, dissemination, hostile_agent, memory_bound, memory_cluster, relay_cost
 
 
 def test_dissemination_smoke(capsys: pytest.CaptureFixture[str]) -> None:
@@ -46,3 +46,21 @@ def test_memory_bound_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert results[0].final["engine"]["delivered"] == 200
     assert results[0].idle_kib > 0
     assert "| default |" in capsys.readouterr().out
+
+
+def test_burst_smoke() -> None:
+    r = burst.run_burst(3, 300, size=64, timeout=60)
+    assert r["all_delivered_once"]
+    assert r["delivered_min"] == 300
+    assert r["duplicates"] == 0
+    assert r["rate_to_all"] > 0
+
+
+def test_memory_cluster_burst_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    r = memory_cluster.main(
+        ["--nodes", "6", "--loss", "0.1", "--messages", "150", "--burst", "--tail", "60"]
+    )
+    assert r["fully_delivered"] == 150
+    assert r["duplicates_delivered"] == 0
+    assert r["complete_s"] is not None
+    assert "push waits at the source" in capsys.readouterr().out
