@@ -364,8 +364,9 @@ class _Agent:
             while True:
                 self._unwritten.append(await node.receive())
                 # Batch what is already queued into one thread hop.
-                while len(self._unwritten) < WRITE_BATCH and node.statistics().delivery_queued:
-                    self._unwritten.append(await node.receive())
+                with contextlib.suppress(trio.WouldBlock):
+                    while len(self._unwritten) < WRITE_BATCH:
+                        self._unwritten.append(node.receive_nowait())
                 # The worker thread owns the batch from here (it writes even if we are cancelled).
                 batch, self._unwritten = self._unwritten, []
                 await self.write_lines([format_message(m) for m in batch])

@@ -126,6 +126,11 @@ class GossipConfig:
         push_window: own messages whose push round has not ended (no ACK majority, no echo,
             no deadline yet) at most; past it :meth:`GossipEngine.can_push` is false and the
             runtime's ``push`` waits, so a fast producer is paced by what the cluster absorbs.
+            The window in force is smaller after failed rounds (AIMD, as TCP's congestion
+            window: halved by each own round that misses its majority, grown by one per
+            window of rounds that reach it), and the ACK wait backs off (doubled by each
+            failed round, reset by an ACK in time): a congested cluster slows its sources
+            instead of answering loss with more digests.
         max_datagram: largest datagram sent or accepted (default 1400: no IP fragmentation).
         replay_window: sealed packets whose timestamp is further from our clock are refused.
         replay_capacity: packet tags remembered by the replay guard.
@@ -212,6 +217,8 @@ class EngineStatistics:
     cache_evicted_early: int = 0
     deferred: int = 0
     in_flight: int = 0
+    #: The source's congestion window now (``push_window`` at most; halved by a failed round).
+    window: int = 0
 
 
 #: Sorted rings of recent peer sequences, by ``id`` (the entry keeps the sequence alive, so an
@@ -263,6 +270,8 @@ class _Round:
         self.echoed = 0
 
 
+#: Largest factor by which failed push rounds stretch the ACK wait (``ack_timeout`` caps it).
+_MAX_BACKOFF: Final = 64.0
 _PUSH: Final = int(PacketType.PUSH_MESSAGE)
 _RESPONSE: Final = int(PacketType.PULL_RESPONSE)
 _TYPE_NAMES: Final = {
@@ -346,6 +355,20 @@ class GossipEngine:
         self._timer_seq = 0
         self._next_sync: float | None = None
         self._srtt: float | None = None
+        self._rttvar = 0.0
+        # Doubled by each push round that ends without its majority, reset by the next ACK
+        # that comes in time (RFC 6298's back-off): under a burst ACKs queue behind data,
+        # and a wait sized for an idle LAN would turn every round into a PullSync fallback.
+        self._backoff = 1.0
+        # Fallback offers of failed rounds, per peer, sent together one round trip after the
+        # first: under a burst many rounds fail at once, and one digest per failed round
+        # (5 datagrams each) would feed the congestion that made them fail.
+        self._offers: dict[Address, list[bytes]] = {}
+        self._offers_due: float | None = None
+        # The source's congestion window (AIMD, as TCP's): halved by an own round that
+        # fails, grown by one per window of rounds that reach their majority; at most
+        # ``push_window``. A failed round means a target did not take the message in time.
+        self._window = float(config.push_window)
         self._out: list[Outgoing] = []
         self._events: list[Event] = []
         # Counters (plain ints: cheapest to bump on the per-packet path).
@@ -393,6 +416,9 @@ class GossipEngine:
             due = timers[0][0]
         if pulls and (due is None or pulls[0][0] < due):
             due = pulls[0][0]
+        offers_due = self._offers_due
+        if offers_due is not None and (due is None or offers_due < due):
+            due = offers_due
         return due
 
     def statistics(self) -> EngineStatistics:
@@ -419,7 +445,14 @@ class GossipEngine:
             cache_evicted_early=self._n_evicted_early,
             deferred=self._n_deferred,
             in_flight=len(self._own),
+            window=int(self._window),
         )
+
+    @property
+    def window(self) -> int:
+        """Own push rounds allowed in flight now: ``push_window``, halved by each own round
+        that fails, grown back by one per window of rounds that reach their majority."""
+        return int(self._window)
 
     @property
     def in_flight(self) -> int:
@@ -428,9 +461,9 @@ class GossipEngine:
 
     def can_push(self, size: int, now: float) -> bool:
         """Whether a message of ``size`` bytes can be pushed now without overrunning the
-        window (``push_window`` own rounds in flight) or evicting a cached message that a
+        window (:attr:`window` own rounds in flight) or evicting a cached message that a
         pull may still ask for. :meth:`push` does not check it; the runtime waits on it."""
-        if len(self._own) >= self.config.push_window:
+        if len(self._own) >= self._window:
             return False
         self._expire_cache(now)
         cache = self._cache
@@ -494,12 +527,14 @@ class GossipEngine:
             self._on_message(packet.key, packet.data, addr, now, pushed=False)
 
     def handle_timer(self, now: float) -> None:
-        """Run every timer due at ``now``: ACK deadlines and the anti-entropy round."""
+        """Run every timer due at ``now``: ACK deadlines, the fallback offers of failed push
+        rounds, pull retries and the anti-entropy round."""
         timers = self._timers
-        offers: dict[Address, list[bytes]] = {}
+        offers = self._offers
         while timers and timers[0][0] <= now:
             _, _, key = heapq.heappop(timers)
             rnd = self._rounds.pop(key, None)
+            own = key in self._own
             self._own.discard(key)
             if rnd is None or len(rnd.acked) * 2 > len(rnd.targets):
                 continue  # ended: by its ACK majority, or it came back echo_suppression times
@@ -508,16 +543,18 @@ class GossipEngine:
             # be drawn again: under loss it is the likeliest to lack the message; without loss
             # it is a duplicate, which is why it is not preferred (measured both ways).
             self._n_failed_rounds += 1
+            self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+            if own:
+                self._window = max(1.0, self._window / 2)
             known: set[Address | None] = {rnd.exclude, *rnd.acked}
             for peer in self._choose(self.config.fanout + 2, known):
                 offers.setdefault(peer, []).append(key)
-        # Peers offered the same keys (all of them, when one round failed) share one datagram:
-        # one encryption, one send_many (which the eBPF cloner fans out in the kernel).
-        shared: dict[tuple[bytes, ...], list[Address]] = {}
-        for peer, offered in offers.items():
-            shared.setdefault(tuple(offered), []).append(peer)
-        for keys, peers in shared.items():
-            self._pull_sync(keys, tuple(peers), now)
+            if self._offers_due is None:
+                # At most one batch of offers per smoothed round trip: ~1 ms on an idle LAN,
+                # and as long as the queues are under a burst, which is when rounds fail.
+                self._offers_due = now + (self._srtt or 0.0)
+        if offers and self._offers_due is not None and now >= self._offers_due:
+            self._send_offers(now)
         self._retry_pulls(now)
         if self._next_sync is not None and now >= self._next_sync:
             self._anti_entropy(now)
@@ -583,7 +620,10 @@ class GossipEngine:
         self._observe_rtt(now - rnd.started)
         if len(rnd.acked) * 2 > len(rnd.targets):
             del self._rounds[key]  # majority: done (its timer entry is skipped lazily)
-            self._own.discard(key)
+            if key in self._own:
+                self._own.discard(key)
+                window = self._window
+                self._window = min(float(self.config.push_window), window + 1 / window)
 
     def _on_sync(self, keys: tuple[bytes, ...], addr: Address, now: float) -> None:
         now_ms = self._now_ms(now)
@@ -705,6 +745,18 @@ class GossipEngine:
             self._own.add(key)
         self._timer_seq += 1
         heapq.heappush(self._timers, (now + self._ack_wait(), self._timer_seq, key))
+
+    def _send_offers(self, now: float) -> None:
+        """Send the pending fallback offers. Peers offered the same keys (all of them, when
+        one round failed) share one datagram: one encryption, one send_many (which the eBPF
+        cloner fans out in the kernel)."""
+        shared: dict[tuple[bytes, ...], list[Address]] = {}
+        for peer, offered in self._offers.items():
+            shared.setdefault(tuple(offered), []).append(peer)
+        self._offers = {}
+        self._offers_due = None
+        for keys, peers in shared.items():
+            self._pull_sync(keys, tuple(peers), now)
 
     def _pull_sync(self, keys: Sequence[bytes], peers: tuple[Address, ...], now: float) -> None:
         """Send ``peers`` digests of those ``keys`` still cached (one datagram per max_keys)."""
@@ -881,11 +933,19 @@ class GossipEngine:
             return min(cfg.ack_timeout, cfg.initial_ack_timeout)
         if not cfg.adaptive_ack or self._srtt is None:
             return cfg.ack_timeout
-        return min(cfg.ack_timeout, max(cfg.min_ack_timeout, 4 * self._srtt))
+        srtt = self._srtt
+        wait = max(cfg.min_ack_timeout, 4 * srtt, srtt + 4 * self._rttvar)
+        return min(cfg.ack_timeout, wait * self._backoff)
 
     def _observe_rtt(self, sample: float) -> None:
-        # TCP-style smoothing (RFC 6298's alpha = 1/8).
-        self._srtt = sample if self._srtt is None else self._srtt + (sample - self._srtt) / 8
+        # RFC 6298's smoothing (alpha = 1/8, beta = 1/4); an ACK in time ends a back-off.
+        srtt = self._srtt
+        if srtt is None:
+            self._srtt, self._rttvar = sample, sample / 2
+        else:
+            self._rttvar += (abs(srtt - sample) - self._rttvar) / 4
+            self._srtt = srtt + (sample - srtt) / 8
+        self._backoff = 1.0
 
     def _sync_delay(self) -> float:
         cfg = self.config

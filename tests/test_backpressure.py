@@ -14,10 +14,17 @@ from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
 from gossip.node import Gossiper, open_gossiper
 from gossip.protocol import CACHE_ENTRY_OVERHEAD, GossipConfig, GossipEngine
-from gossip.transport.base import Transport
+from gossip.transport.base import Address, Transport
 from gossip.transport.memory import LinkConditions, MemoryNetwork
+from gossip.wire import Codec, PullSync
 
-from .harness import Harness, addr
+from .harness import EPOCH, KEY, Harness, addr
+
+
+def _packet(h: Harness, datagram: bytes) -> object:
+    """Read a datagram of the harness cluster (a fresh codec: no replay state)."""
+    return Codec(Keyring(KEY), max_datagram=65507).decode_untrusted(datagram, h.now + EPOCH)
+
 
 # -- the engine ---------------------------------------------------------------------------
 
@@ -226,3 +233,79 @@ async def test_burst_reaches_every_node_exactly_once(
         nursery.cancel_scope.cancel()
     for received in got[1:]:
         assert sorted(received) == sorted(pushed)
+
+
+# -- congestion: the ACK wait backs off, the window shrinks, fallbacks are batched ----------
+
+
+def test_failed_round_halves_the_window_and_acks_grow_it_back() -> None:
+    h = Harness(6, config=GossipConfig(push_window=8, sync_interval=100.0))
+    origin = h.engines[0]
+    assert origin.window == 8
+    h.push(0, b"lost")
+    h.in_flight.clear()  # every push of it is lost
+    h.advance(0.31)  # its round fails at the deadline
+    assert origin.window == 4
+    h.in_flight.clear()  # the fallback's digests are lost too
+    h.push(0, b"lost again")
+    h.in_flight.clear()
+    h.advance(0.31)
+    assert origin.window == 2
+    for i in range(2):
+        assert origin.can_push(10, h.now)
+        h.push(0, b"fine %d" % i)
+    assert not origin.can_push(10, h.now)  # two in flight: the shrunk window is full
+    h.in_flight = [d for d in h.in_flight if not isinstance(_packet(h, d[2]), PullSync)]
+    h.deliver_all()  # these rounds reach their majority: additive increase, 1/window each
+    assert origin.window == 2  # 2 + 1/2 + 1/2.5
+    h.push(0, b"one more")
+    h.deliver_all()
+    assert origin.window == 3
+    for i in range(40):
+        h.push(0, b"more %d" % i)
+        h.deliver_all()
+    assert origin.window == 8  # back to push_window, never above it
+
+
+def test_ack_wait_backs_off_after_a_failed_round_and_resets_on_an_ack() -> None:
+    h = Harness(6, config=GossipConfig(sync_interval=100.0))
+    origin = h.engines[0]
+    h.push(0, b"first")
+    h.deliver_all()  # an RTT sample of 0: the wait is min_ack_timeout (5 ms)
+    assert h.engines[0].statistics().ack_rounds_failed == 0
+    h.push(0, b"lost")
+    h.in_flight.clear()
+    h.advance(0.0051)
+    assert origin.statistics().ack_rounds_failed == 1
+    h.in_flight.clear()
+    h.push(0, b"slow")
+    h.advance(0.0051)  # the wait is now doubled: this round is still open
+    assert origin.statistics().ack_rounds_failed == 1
+    h.deliver_all()  # its ACKs arrive after 5.1 ms, in time: back to the plain wait
+    assert origin.in_flight == 0
+    h.push(0, b"lost again")
+    h.in_flight.clear()
+    # The wait follows the new sample (srtt + 4 rttvar = 5.7 ms), no longer doubled (11.4).
+    h.advance(0.01)
+    assert origin.statistics().ack_rounds_failed == 2
+
+
+def test_fallback_offers_of_rounds_failing_together_share_datagrams() -> None:
+    h = Harness(8, config=GossipConfig(sync_interval=100.0))
+    h.push(0, b"sample")
+    h.advance(0.002)  # a round trip of 2 ms
+    h.deliver_all()
+    for i in range(20):
+        h.push(0, b"lost %d" % i)
+    h.in_flight.clear()
+    h.advance(0.5)  # all twenty rounds fail within the same millisecond
+    syncs = [(dst, _packet(h, d)) for src, dst, d in h.in_flight if src == addr(0)]
+    offered: dict[Address, set[bytes]] = {}
+    for dst, packet in syncs:
+        assert isinstance(packet, PullSync)
+        offered.setdefault(dst, set()).update(packet.keys)
+    # One datagram per peer, not one per failed round and peer (that would be 100).
+    assert len(syncs) == len(offered) <= 7
+    assert sum(len(k) for k in offered.values()) == 20 * 5  # still fanout + 2 peers per key
+    h.run(1.0)
+    assert h.everyone_has_everything()
