@@ -6,9 +6,22 @@ that each benchmark runs end to end and its bookkeeping adds up.
 
 from __future__ import annotations
 
+import json
+import math
+import subprocess
+from pathlib import Path
+
 import pytest
 
-from bench import burst, dissemination, hostile_agent, memory_bound, memory_cluster, relay_cost
+from bench import (
+    ab,
+    burst,
+    dissemination,
+    hostile_agent,
+    memory_bound,
+    memory_cluster,
+    relay_cost,
+)
 
 
 def test_dissemination_smoke(capsys: pytest.CaptureFixture[str]) -> None:
@@ -64,3 +77,77 @@ def test_memory_cluster_burst_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert r["duplicates_delivered"] == 0
     assert r["complete_s"] is not None
     assert "push waits at the source" in capsys.readouterr().out
+
+
+ROOT = Path(ab.__file__).resolve().parent.parent
+
+
+def _worktrees() -> set[str] | None:
+    """Paths of the repository's worktrees (None: not a git checkout)."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "list", "--porcelain"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {line[9:] for line in done.stdout.splitlines() if line.startswith("worktree ")}
+
+
+@pytest.mark.skipif(_worktrees() is None, reason="needs git and a git checkout")
+def test_ab_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = _worktrees()
+    assert before is not None
+    out_json = tmp_path / "ab.json"
+    ab_args = ["--base", "HEAD", "--head", "HEAD", "--runs", "1", "--preset", "relay"]
+    tiny = ["--runs", "1", "--n", "64", "--burst", "16"]
+    report = ab.main([*ab_args, "--json", str(out_json), "--", *tiny])
+    out = capsys.readouterr().out
+    assert "| metric | base median | head median | head / base |" in out
+    assert "| **relay runtime fresh us** |" in out
+    assert "| **relay runtime dup us** |" in out
+    metrics = {m["label"]: m for m in json.loads(out_json.read_text())["metrics"]}
+    for label in ("relay runtime fresh us", "relay runtime dup us"):
+        m = metrics[label]
+        assert m["judged"]
+        assert len(m["base"]) == len(m["head"]) == 1
+        assert m["base_median"] > 0
+        assert m["head_median"] > 0
+        assert math.isfinite(m["ratio"])
+        assert m["ratio"] > 0
+    # Each side ran its own worktree's code, and every worktree is gone.
+    tmp = Path(str(report["tmp"]))
+    revisions = json.loads(out_json.read_text())["revisions"]
+    assert [r["side"] for r in revisions] == ["base", "head"]
+    assert revisions[0]["tree"] != revisions[1]["tree"]
+    for r in revisions:
+        assert Path(r["gossip"]).is_relative_to(Path(r["tree"]))
+        assert Path(r["tree"]).is_relative_to(tmp)
+    after = _worktrees()
+    assert after is not None
+    assert not [p for p in after - before if "trio-gossip-ab-" in p]
+    assert not [p for p in after if Path(p).is_relative_to(tmp)]
+    assert not tmp.exists()
+
+
+def test_ab_table_arithmetic() -> None:
+    rows = [{"nodes": 128, "p50_ms": 30.0}, {"nodes": 32, "p50_ms": 6.0}]
+    assert ab.flatten(rows) == {
+        "N=128/nodes": 128.0,
+        "N=128/p50_ms": 30.0,
+        "N=32/nodes": 32.0,
+        "N=32/p50_ms": 6.0,
+    }
+    assert ab.flatten({"case": [1.5, 2.5]}) == {"case/0": 1.5, "case/1": 2.5}
+    spec = ab.MetricSpec("x", "x", judged=True)
+    row = ab.Row(spec, [10.0, 12.0, 11.0], [11.0, 12.5, 11.4], 0.05)
+    assert row.ratio == pytest.approx(11.4 / 11.0)
+    assert row.passed
+    assert row.verdict.startswith("within 5 %")
+    slower = ab.Row(spec, [10.0], [10.6], 0.05)
+    assert not slower.passed
+    assert slower.verdict.startswith("SLOWER")
+    assert ab.Row(spec, [10.0], [9.0], 0.05).verdict.startswith("faster")
+    assert not math.isfinite(ab.Row(spec, [0.0], [0.0], 0.05).ratio)
