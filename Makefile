@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check gossip tests bench
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy --strict gossip
+	$(VENV)/bin/mypy --strict gossip tests bench
 
 pytest: $(STAMP) system bpf-object
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -p no:cacheprovider

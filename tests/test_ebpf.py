@@ -35,6 +35,7 @@ from gossip.transport.ebpf import (
     MAX_PEERS,
     ClonerStatistics,
     EBPFTransport,
+    Loader,
     _static_reason,
     default_object_path,
     default_source_path,
@@ -50,12 +51,12 @@ PORT = 47001
 PORT2 = 47002  # a second socket on the first peers, for fan-outs of more than 64 addresses
 ROUNDS = 20
 TIMEOUT = 30
-LOADERS = ["libbpf", "bcc"]
+LOADERS: list[Loader] = ["libbpf", "bcc"]
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _loader_skip_reason(loader: str) -> str | None:
-    reason = _static_reason(loader, default_object_path(), default_source_path())  # type: ignore[arg-type]
+def _loader_skip_reason(loader: Loader) -> str | None:
+    reason = _static_reason(loader, default_object_path(), default_source_path())
     if reason is None and loader == "bcc":
         from gossip.transport import _bcc_loader  # noqa: PLC0415
 
@@ -101,7 +102,7 @@ def receivers2(topo: netns.Topology) -> Iterator[list[socket.socket]]:
 
 @contextlib.asynccontextmanager
 async def sender(
-    topo: netns.Topology, loader: str = "libbpf", **kw: Any
+    topo: netns.Topology, loader: Loader = "libbpf", **kw: Any
 ) -> AsyncIterator[EBPFTransport]:
     """An eBPF transport in the sender's namespace (its socket and worker threads are there;
     the trio thread never is)."""
@@ -188,7 +189,7 @@ def delta(after: ClonerStatistics | None, before: ClonerStatistics | None) -> di
 @pytest.mark.parametrize("k", [3, 8, 12, 32, 64])
 @pytest.mark.parametrize("loader", LOADERS)
 async def test_exact_copies(
-    topo: netns.Topology, receivers: list[socket.socket], loader: str, k: int
+    topo: netns.Topology, receivers: list[socket.socket], loader: Loader, k: int
 ) -> None:
     addrs = [(ip, PORT) for ip in topo.peer_ips[:k]]
     rng = random.Random(k)
