@@ -29,7 +29,7 @@ import pytest
 import trio
 
 from gossip.errors import LocalProtocolError
-from gossip.transport import _bpfsys
+from gossip.transport import _bpfsys, _netlink
 from gossip.transport.base import Address
 from gossip.transport.ebpf import (
     MAX_PEERS,
@@ -78,6 +78,9 @@ def topo() -> Iterator[netns.Topology]:
     finally:
         topology.close()
         assert netns.namespaces_with_prefix(topology.prefix) == []
+        # Every transport gave its marker route back: a count left here would keep a later
+        # namespace (which may get this one's inode number) from removing its route.
+        assert _netlink._marker_users == {}
 
 
 @pytest.fixture(scope="module")

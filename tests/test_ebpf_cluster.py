@@ -42,7 +42,7 @@ from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.node import Gossiper, GossiperStatistics, open_gossiper
 from gossip.protocol import GossipConfig, GossipEngine
-from gossip.transport import _bpfsys
+from gossip.transport import _bpfsys, _netlink
 from gossip.transport.base import Address, TransportStatistics
 from gossip.transport.ebpf import (
     DEFAULT_MARKER,
@@ -92,6 +92,9 @@ def topo() -> Iterator[netns.Topology]:
     finally:
         topology.close()
         assert netns.namespaces_with_prefix(topology.prefix) == []
+        # Every transport gave its marker route back: a count left here would keep a later
+        # namespace (which may get this one's inode number) from removing its route.
+        assert _netlink._marker_users == {}
 
 
 def _sites(topo: netns.Topology) -> list[NodeSite]:
