@@ -27,10 +27,18 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check gossip tests bench
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy --strict gossip
+	$(VENV)/bin/mypy --strict gossip tests bench
+
+# One random test order per run (pytest-randomly), a fresh seed each time;
+# `make test TEST_SEED=N` replays the order of the run that printed N.
+ifndef TEST_SEED
+TEST_SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+endif
 
 pytest: $(STAMP) system bpf-object
-	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -p no:cacheprovider
+	@echo "pytest: random order, seed $(TEST_SEED) (replay: make test TEST_SEED=$(TEST_SEED))"
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -p no:cacheprovider -p randomly \
+		--randomly-seed=$(TEST_SEED)
 
 test: lint typecheck pytest
 

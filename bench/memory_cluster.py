@@ -26,7 +26,7 @@ import trio.testing
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.node import Gossiper, open_gossiper
-from gossip.protocol import GossipConfig
+from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.memory import LinkConditions, MemoryNetwork
 
 
@@ -44,7 +44,7 @@ async def cluster(args: argparse.Namespace) -> dict[str, object]:
     key = generate_key()
     got: list[dict[bytes, float]] = [{} for _ in transports]
     duplicates = 0
-    nodes: list[Gossiper] = []
+    nodes: list[Gossiper[GossipEngine]] = []
     pushed: dict[bytes, tuple[int, float]] = {}
 
     async with trio.open_nursery() as nursery:

@@ -88,7 +88,7 @@ from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
 from gossip.node import Gossiper, GossiperStatistics, Message, open_gossiper
 from gossip.protocol import GossipConfig, GossipEngine
-from gossip.transport.base import Address
+from gossip.transport.base import Address, Transport
 from gossip.transport.udp import UDPTransport, open_udp_transport
 
 __all__ = [
@@ -330,18 +330,29 @@ async def _bind(address: Address, side: str) -> UDPTransport:
 
 @asynccontextmanager
 async def open_bridge(
-    options: BridgeOptions, *, on_relay: Callable[[Relay], None] | None = None
+    options: BridgeOptions,
+    *,
+    on_relay: Callable[[Relay], None] | None = None,
+    transports: tuple[Transport, Transport] | None = None,
 ) -> AsyncIterator[Bridge]:
     """Open both nodes on UDP and relay between them until the block exits.
+
+    ``transports``: the native and the go-gossip node's transports to use instead (the
+    caller keeps ownership; ``native_bind`` and ``go_bind`` are then not used).
 
     Raises:
         OSError: an address cannot be bound (the message names the side).
     """
     async with contextlib.AsyncExitStack() as stack:
-        native_transport = await stack.enter_async_context(
-            await _bind(options.native_bind, "native")
-        )
-        go_transport = await stack.enter_async_context(await _bind(options.go_bind, "go-gossip"))
+        if transports is None:
+            native_transport: Transport = await stack.enter_async_context(
+                await _bind(options.native_bind, "native")
+            )
+            go_transport: Transport = await stack.enter_async_context(
+                await _bind(options.go_bind, "go-gossip")
+            )
+        else:
+            native_transport, go_transport = transports
         native = await stack.enter_async_context(
             open_gossiper(
                 StaticDiscovery(options.native_peers),
@@ -373,6 +384,7 @@ async def run_bridge(
     options: BridgeOptions,
     *,
     on_relay: Callable[[Relay], None] | None = None,
+    transports: tuple[Transport, Transport] | None = None,
     task_status: trio.TaskStatus[Bridge] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a bridge until cancelled; for ``nursery.start``, which returns the :class:`Bridge`
@@ -387,10 +399,12 @@ async def run_bridge(
             print(bridge.statistics().relayed)
             nursery.cancel_scope.cancel()
 
+    ``transports``: as for :func:`open_bridge`.
+
     Raises:
         OSError: an address cannot be bound.
     """
-    async with open_bridge(options, on_relay=on_relay) as bridge:
+    async with open_bridge(options, on_relay=on_relay, transports=transports) as bridge:
         task_status.started(bridge)
         await trio.sleep_forever()
 

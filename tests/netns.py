@@ -10,20 +10,28 @@ that drops every copy, and the ``k`` peers exist only as permanent neighbour ent
 
 Interface and namespace names are unusual (``gzx*``, ``gsp<pid>*``) so that code wrongly running
 in the root namespace finds nothing, and concurrent runs do not collide.
+
+No thread of the tests enters a namespace itself, the trio thread least of all: ``setns()``
+moves the calling thread, and every thread started from it meanwhile (trio's worker threads,
+and the processes ``trio.run_process`` starts from them) is born in the namespace too. Code that
+must run inside one goes through :func:`call_in` (a thread of its own), and transports take the
+namespace's name (``open_ebpf_transport(..., namespace=...)``).
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
-from typing import Literal
+import threading
+from collections.abc import Callable
+from typing import Literal, TypeVar
 
 import attrs
+import trio
 
 from gossip.transport import _netns
 
@@ -83,23 +91,48 @@ def namespaces_with_prefix(prefix: str) -> list[str]:
     return [n for n in names if n.startswith(prefix)]
 
 
-@contextlib.contextmanager
-def inside(name: str) -> Iterator[None]:
-    """Run the body with the calling thread in namespace ``name`` (then back)."""
-    handle = _netns.NetnsHandle.named(name)
-    try:
-        with _netns.entered(handle):
-            yield
-    finally:
-        handle.close()
+_T = TypeVar("_T")
+
+
+def call_in(name: str, fn: Callable[[], _T]) -> _T:
+    """``fn()`` in namespace ``name``, run by a thread started for this call alone (it enters
+    the namespace, calls ``fn`` and ends). Blocks the caller: quick calls only from a trio
+    task, or :func:`acall_in`."""
+    outcome: list[_T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            handle = _netns.NetnsHandle.named(name)
+            try:
+                with _netns.entered(handle):
+                    outcome.append(fn())
+            finally:
+                handle.close()
+        except BaseException as exc:  # re-raised in the caller's thread
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name=f"netns {name}", daemon=True)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return outcome[0]
+
+
+async def acall_in(name: str, fn: Callable[[], _T]) -> _T:
+    """:func:`call_in` without blocking the trio thread."""
+    return await trio.to_thread.run_sync(call_in, name, fn)
 
 
 def _disable_ipv6(name: str) -> None:
-    # /proc/sys/net follows the namespace of the thread that opens the file.
-    with inside(name):
+    def write() -> None:
+        # /proc/sys/net follows the namespace of the thread that opens the file.
         for conf in ("all", "default"):
             with open(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6", "w") as f:
                 f.write("1")
+
+    call_in(name, write)
 
 
 @attrs.define
@@ -147,22 +180,29 @@ class Topology:
 
     def udp_counters(self, ns: str) -> dict[str, int]:
         """The ``Udp:`` line of ``/proc/net/snmp`` in namespace ``ns``."""
-        with inside(ns), open("/proc/thread-self/net/snmp", encoding="ascii") as f:
-            lines = [line.split() for line in f if line.startswith("Udp:")]
+
+        def read() -> list[list[str]]:
+            with open("/proc/thread-self/net/snmp", encoding="ascii") as f:
+                return [line.split() for line in f if line.startswith("Udp:")]
+
+        lines = call_in(ns, read)
         return dict(zip(lines[0][1:], map(int, lines[1][1:]), strict=True))
 
     def open_receivers(self, port: int, count: int | None = None) -> list[socket.socket]:
         """One non-blocking UDP socket per peer (the first ``count``), bound to
         ``(peer ip, port)`` inside the peer's namespace."""
-        socks = []
+        socks: list[socket.socket] = []
+
+        def bind(ip: str) -> None:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            s.bind((ip, port))
+            s.setblocking(False)
+
         try:
             for ns, ip in list(zip(self.peers, self.peer_ips, strict=True))[:count]:
-                with inside(ns):
-                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                    socks.append(s)
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-                    s.bind((ip, port))
-                    s.setblocking(False)
+                call_in(ns, functools.partial(bind, ip))
         except BaseException:
             for s in socks:
                 s.close()

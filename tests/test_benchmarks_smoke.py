@@ -39,8 +39,9 @@ def test_relay_cost_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     result = relay_cost.main(["--runs", "1", "--n", "64", "--burst", "16"])
     assert set(result) == set(relay_cost.CASES)
     for fresh, dup in result.values():
-        assert fresh > 0
-        assert dup >= 0
+        # A duplicate ends at the seen-set lookup: dearer than nothing, cheaper than a fresh
+        # message (decoded, cached, delivered, forwarded and ACKed).
+        assert 0 < dup < fresh
     assert "Targets" in capsys.readouterr().out
 
 

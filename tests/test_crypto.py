@@ -358,9 +358,13 @@ def test_go_flaw_8_replays_are_refused_even_after_restart() -> None:
 
 
 def test_go_flaw_10_message_keys_are_unpredictable() -> None:
-    random.seed(1234)
-    first = new_message_key()
-    random.seed(1234)
-    assert new_message_key() != first  # not derived from a seedable PRNG
+    state = random.getstate()  # the global PRNG is everyone's: give it back as it was
+    try:
+        random.seed(1234)
+        first = new_message_key()
+        random.seed(1234)
+        assert new_message_key() != first  # not derived from a seedable PRNG
+    finally:
+        random.setstate(state)
     same_ms = {new_message_key(5)[6:] for _ in range(1000)}
     assert len(same_ms) == 1000  # 80 random bits per key, even within one millisecond

@@ -1,7 +1,10 @@
-"""The go-gossip profile at run time: nodes on real loopback UDP, ``gossip agent --profile
-go-gossip``, the bridge between a native and a go-gossip cluster, ``--transport ebpf``.
+"""The go-gossip profile at run time: nodes and bridges in one process on the in-memory
+network under a mock clock, ``gossip agent --profile go-gossip`` and ``gossip bridge`` as real
+processes on loopback UDP (with an in-process node talking to an agent over UDP),
+``--transport ebpf``.
 
-Every test body runs under ``trio.fail_after``: a hung node fails the test, never the run.
+Every test body runs under ``trio.fail_after``: a hung node fails the test, never the run
+(under the mock clock, the deadline is virtual: a hang fails at once).
 """
 
 from __future__ import annotations
@@ -26,13 +29,16 @@ from gossip import cli
 from gossip.agent import format_address
 from gossip.bridge import Bridge, BridgeOptions, Relay, go_key_for, run_bridge
 from gossip.compat import GoGossipEngine, LegacyGoGossipCipher, open_go_gossiper
+from gossip.compat.gogossip import PULL_INTERVAL
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.keyfile import write_key_file
 from gossip.node import Gossiper, Message, open_gossiper
 from gossip.protocol import GossipConfig, GossipEngine
+from gossip.transport.base import Address, Transport
 from gossip.transport.ebpf import probe
-from gossip.transport.udp import open_udp_transport
+from gossip.transport.memory import MemoryNetwork, MemoryTransport
+from gossip.transport.udp import UDPTransport, open_udp_transport
 from tests.test_agent import Agent, check_message, loopback, open_agents
 
 TIMEOUT = 15
@@ -46,16 +52,28 @@ def _cipher(passphrase: str | None) -> LegacyGoGossipCipher | None:
     return None if passphrase is None else LegacyGoGossipCipher(passphrase)
 
 
+async def _transport(net: MemoryNetwork | None, stack: contextlib.AsyncExitStack) -> Transport:
+    """A transport on ``net``, or on loopback UDP when ``None``, closed with ``stack``."""
+    transport: MemoryTransport | UDPTransport
+    if net is None:
+        transport = await open_udp_transport(LOCALHOST, 0)
+    else:
+        transport = net.open_transport()
+    stack.push_async_callback(transport.aclose)
+    return transport
+
+
 @contextlib.asynccontextmanager
 async def go_cluster(
-    n: int, *, passphrase: str | None = None, seed: int = 0
+    n: int, net: MemoryNetwork | None, *, passphrase: str | None = None, seed: int = 0
 ) -> AsyncIterator[tuple[list[Gossiper[GoGossipEngine]], StaticDiscovery]]:
-    """``n`` go-gossip-profile nodes on loopback UDP sharing one (mutable) peer list."""
+    """``n`` go-gossip-profile nodes on ``net`` (``None``: loopback UDP) sharing one
+    (mutable) peer list."""
     discovery = StaticDiscovery()
     async with contextlib.AsyncExitStack() as stack:
         nodes = []
         for i in range(n):
-            transport = await stack.enter_async_context(await open_udp_transport(LOCALHOST, 0))
+            transport = await _transport(net, stack)
             nodes.append(
                 await stack.enter_async_context(
                     open_go_gossiper(
@@ -72,14 +90,14 @@ async def go_cluster(
 
 @contextlib.asynccontextmanager
 async def native_cluster(
-    n: int, *, keyring: Keyring | None = None, seed: int = 0
+    n: int, net: MemoryNetwork, *, keyring: Keyring | None = None, seed: int = 0
 ) -> AsyncIterator[tuple[list[Gossiper[GossipEngine]], StaticDiscovery]]:
-    """``n`` native nodes on loopback UDP sharing one (mutable) peer list."""
+    """``n`` native nodes on ``net`` sharing one (mutable) peer list."""
     discovery = StaticDiscovery()
     async with contextlib.AsyncExitStack() as stack:
         nodes = []
         for i in range(n):
-            transport = await stack.enter_async_context(await open_udp_transport(LOCALHOST, 0))
+            transport = await stack.enter_async_context(net.open_transport())
             nodes.append(
                 await stack.enter_async_context(
                     open_gossiper(
@@ -106,38 +124,49 @@ def drain(node: Gossiper[Any]) -> list[Message]:
 
 
 # ---------------------------------------------------------------------------------------
-# Two profile nodes over real loopback UDP
+# Two profile nodes on the in-memory network
 # ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("passphrase", [None, "s3cret passphrase"], ids=["plain", "legacy-cipher"])
-async def test_two_profile_nodes_exchange_messages(passphrase: str | None) -> None:
+async def test_two_profile_nodes_exchange_messages(
+    autojump_clock: trio.testing.MockClock, passphrase: str | None
+) -> None:
     with trio.fail_after(TIMEOUT):
-        async with go_cluster(2, passphrase=passphrase) as ((a, b), _):
+        async with go_cluster(2, MemoryNetwork(seed=1), passphrase=passphrase) as ((a, b), _):
+            start = trio.current_time()
             key_a = await a.push(b"from a")
             key_b = await b.push(b"from b")
             got_b = await b.receive()
             got_a = await a.receive()
+            # Pull-only: each message arrives with the other node's first PullRequest round.
+            assert trio.current_time() - start == pytest.approx(PULL_INTERVAL)
             assert (got_b.key, got_b.data, got_b.origin) == (key_a, b"from a", a.local_address)
             assert (got_a.key, got_a.data, got_a.origin) == (key_b, b"from b", b.local_address)
             assert len(key_a) == len(key_b) == 8
-            await trio.sleep(1.0)  # five more pull rounds: nothing is delivered again
+            # Five more rounds (ending between two): nothing is delivered again.
+            await trio.sleep(5.5 * PULL_INTERVAL)
             assert drain(a) == drain(b) == []
             for node in (a, b):
                 stats = node.statistics().engine
+                assert stats.pull_rounds == stats.responses_received == 6
                 assert stats.messages_delivered == 1
-                assert stats.duplicates >= 2  # the message kept coming back in answers
+                # Every later answer brings both messages back, and they are not delivered.
+                assert stats.duplicates == 2 * 5
                 assert stats.dropped == {}
                 assert node.statistics().transport.send_errors == 0
 
 
-async def test_encryption_mismatch_delivers_nothing() -> None:
+async def test_encryption_mismatch_delivers_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     # A plaintext node in an encrypted cluster's peer list: everyone drops the other kind
     # (go-gossip would answer the plaintext request in plaintext, flaw 3).
+    net = MemoryNetwork(seed=2)
     with trio.fail_after(TIMEOUT):
         async with (
-            go_cluster(1, passphrase="pass") as ((encrypted,), ours),
-            go_cluster(1, seed=1) as ((plain,), theirs),
+            go_cluster(1, net, passphrase="pass") as ((encrypted,), ours),
+            go_cluster(1, net, seed=1) as ((plain,), theirs),
         ):
             both = [encrypted.local_address, plain.local_address]
             ours.set_peers(both)
@@ -185,7 +214,7 @@ def check_message_go(line: dict[str, Any], text: str, *, origin: str) -> None:
 async def test_agent_go_gossip_interoperates_with_library_node() -> None:
     # A plaintext agent process and an in-process profile node.
     with trio.fail_after(TIMEOUT):
-        async with go_cluster(1) as ((node,), discovery):
+        async with go_cluster(1, None) as ((node,), discovery):
             [agent_address] = loopback(1)
             ours = format_address(node.local_address)
             async with open_agents(
@@ -307,32 +336,50 @@ async def test_conflict_exits_2_in_a_real_process(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# The bridge
+# The bridge, in-process on the in-memory network (its command on UDP: further down)
 # ---------------------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def bridge_transports(net: MemoryNetwork) -> AsyncIterator[tuple[Transport, Transport]]:
+    """The native and the go-gossip side's transports of one bridge, on ``net``."""
+    async with net.open_transport() as native, net.open_transport() as go:
+        yield native, go
+
+
+#: Bridge options' bind addresses when its transports are given (not used then).
+UNUSED: Address = (LOCALHOST, 0)
+
+
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
-async def test_bridge_relays_each_way_exactly_once(encrypted: bool) -> None:
+async def test_bridge_relays_each_way_exactly_once(
+    autojump_clock: trio.testing.MockClock, encrypted: bool
+) -> None:
     keyring = Keyring(generate_key()) if encrypted else None
     passphrase = "bridge passphrase" if encrypted else None
     relays: list[Relay] = []
+    net = MemoryNetwork(seed=3)
     with trio.fail_after(TIMEOUT):
         async with (
-            native_cluster(2, keyring=keyring) as (natives, native_discovery),
-            go_cluster(2, passphrase=passphrase) as (gos, go_discovery),
+            native_cluster(2, net, keyring=keyring) as (natives, native_discovery),
+            go_cluster(2, net, passphrase=passphrase) as (gos, go_discovery),
+            bridge_transports(net) as transports,
             trio.open_nursery() as nursery,
         ):
             options = BridgeOptions(
-                native_bind=(LOCALHOST, 0),
+                native_bind=UNUSED,
                 native_peers=tuple(n.local_address for n in natives),
-                go_bind=(LOCALHOST, 0),
+                go_bind=UNUSED,
                 go_peers=tuple(g.local_address for g in gos),
                 keyring=keyring,
                 cipher=_cipher(passphrase),
             )
             bridge: Bridge = await nursery.start(
-                functools.partial(run_bridge, options, on_relay=relays.append)
+                functools.partial(
+                    run_bridge, options, on_relay=relays.append, transports=transports
+                )
             )
+            assert (bridge.native.transport, bridge.go.transport) == transports
             native_discovery.set_peers(
                 [*(n.local_address for n in natives), bridge.native.local_address]
             )
@@ -391,24 +438,30 @@ async def test_bridge_relays_each_way_exactly_once(encrypted: bool) -> None:
     assert stats.native.delivery_overflow == stats.go.delivery_overflow == 0
 
 
-async def test_two_bridges_do_not_loop() -> None:
+async def test_two_bridges_do_not_loop(autojump_clock: trio.testing.MockClock) -> None:
     # Unsupported but safe: two bridges between the same clusters. A native message reaches
     # the go side once (both bridges derive the same go key); a go message reaches the native
     # side once per bridge (native ids cannot be derived) and the go side once more per
     # bridge (each relays the other's native copy back); then it stops.
+    net = MemoryNetwork(seed=4)
     with trio.fail_after(TIMEOUT):
         async with (
-            native_cluster(2) as (natives, native_discovery),
-            go_cluster(2) as (gos, go_discovery),
+            native_cluster(2, net) as (natives, native_discovery),
+            go_cluster(2, net) as (gos, go_discovery),
+            bridge_transports(net) as first,
+            bridge_transports(net) as second,
             trio.open_nursery() as nursery,
         ):
             options = BridgeOptions(
-                native_bind=(LOCALHOST, 0),
+                native_bind=UNUSED,
                 native_peers=tuple(n.local_address for n in natives),
-                go_bind=(LOCALHOST, 0),
+                go_bind=UNUSED,
                 go_peers=tuple(g.local_address for g in gos),
             )
-            bridges: list[Bridge] = [await nursery.start(run_bridge, options) for _ in range(2)]
+            bridges: list[Bridge] = [
+                await nursery.start(functools.partial(run_bridge, options, transports=t))
+                for t in (first, second)
+            ]
             native_discovery.set_peers(
                 [*(n.local_address for n in natives), *(b.native.local_address for b in bridges)]
             )
@@ -417,7 +470,7 @@ async def test_two_bridges_do_not_loop() -> None:
             )
             await natives[0].push(b"from native")
             await gos[0].push(b"from go")
-            expected = {
+            expected: dict[Gossiper[Any], dict[bytes, int]] = {
                 natives[0]: {b"from go": 2},
                 natives[1]: {b"from native": 1, b"from go": 2},
                 gos[0]: {b"from native": 1, b"from go": 2},
@@ -445,20 +498,24 @@ async def test_two_bridges_do_not_loop() -> None:
     assert [s.skipped for s in after] == [{"already_bridged": 1}] * 2
 
 
-async def test_bridge_skips_what_does_not_fit() -> None:
+async def test_bridge_skips_what_does_not_fit(autojump_clock: trio.testing.MockClock) -> None:
     # A go-gossip message larger than a native datagram can carry is counted, not relayed.
+    net = MemoryNetwork(seed=5)
     with trio.fail_after(TIMEOUT):
         async with (
-            go_cluster(1) as ((go,), go_discovery),
+            go_cluster(1, net) as ((go,), go_discovery),
+            bridge_transports(net) as transports,
             trio.open_nursery() as nursery,
         ):
             options = BridgeOptions(
-                native_bind=(LOCALHOST, 0),
+                native_bind=UNUSED,
                 native_peers=((LOCALHOST, 9),),
-                go_bind=(LOCALHOST, 0),
+                go_bind=UNUSED,
                 go_peers=(go.local_address,),
             )
-            bridge: Bridge = await nursery.start(run_bridge, options)
+            bridge: Bridge = await nursery.start(
+                functools.partial(run_bridge, options, transports=transports)
+            )
             go_discovery.set_peers([go.local_address, bridge.go.local_address])
             await go.push(b"x" * 4000)
             await go.push(b"small")

@@ -13,7 +13,7 @@ from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
 from gossip.node import Delivery, Gossiper, Message, open_gossiper
-from gossip.protocol import GossipConfig
+from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.base import Transport
 from gossip.transport.memory import LinkConditions, MemoryNetwork
 from gossip.transport.udp import open_udp_transport
@@ -21,7 +21,7 @@ from gossip.transport.udp import open_udp_transport
 
 async def run_cluster(
     transports: list[Transport],
-    body: Callable[[list[Gossiper], list[dict[bytes, Message]]], Awaitable[None]],
+    body: Callable[[list[Gossiper[GossipEngine]], list[dict[bytes, Message]]], Awaitable[None]],
     *,
     key: bytes | None = None,
     config: GossipConfig | None = None,
@@ -31,7 +31,7 @@ async def run_cluster(
 ) -> None:
     disc = StaticDiscovery([t.local_address for t in transports])
     got: list[dict[bytes, Message]] = [{} for _ in transports]
-    nodes: list[Gossiper] = []
+    nodes: list[Gossiper[GossipEngine]] = []
     duplicates = 0
 
     async with trio.open_nursery() as nursery:
@@ -71,7 +71,7 @@ async def test_cluster_under_loss_delivers_everything_once(
     transports: list[Transport] = [net.open_transport() for _ in range(20)]
     pushed: dict[bytes, tuple[int, bytes]] = {}
 
-    async def body(nodes: list[Gossiper], got: list[dict[bytes, Message]]) -> None:
+    async def body(nodes: list[Gossiper[GossipEngine]], got: list[dict[bytes, Message]]) -> None:
         rng = random.Random(9)
         for m in range(30):
             i = rng.randrange(len(nodes))
@@ -97,7 +97,7 @@ async def test_slow_application_never_blocks_the_node(
     net = MemoryNetwork(seed=1)
     transports: list[Transport] = [net.open_transport() for _ in range(6)]
 
-    async def body(nodes: list[Gossiper], got: list[dict[bytes, Message]]) -> None:
+    async def body(nodes: list[Gossiper[GossipEngine]], got: list[dict[bytes, Message]]) -> None:
         for m in range(40):
             await nodes[1 + m % 5].push(b"%d" % m)
             await trio.sleep(0.01)
@@ -119,7 +119,7 @@ async def test_slow_application_waits_then_gets_everything(
     net = MemoryNetwork(seed=1)
     transports: list[Transport] = [net.open_transport() for _ in range(6)]
 
-    async def body(nodes: list[Gossiper], got: list[dict[bytes, Message]]) -> None:
+    async def body(nodes: list[Gossiper[GossipEngine]], got: list[dict[bytes, Message]]) -> None:
         keys = set()
         for m in range(40):
             keys.add(await nodes[1 + m % 5].push(b"%d" % m))
@@ -132,7 +132,7 @@ async def test_slow_application_waits_then_gets_everything(
         assert stats.delivery_overflow == 0
         for i in range(1, 6):  # node 0 did not stall the others
             assert len(got[i]) == 32 and set(got[i]) < keys  # 40 minus its own 8
-        received = []
+        received: list[bytes] = []
         with trio.fail_after(30):
             while len(received) < 40:
                 received.append((await nodes[0].receive()).key)
@@ -163,7 +163,7 @@ async def test_statistics_and_oversize_push(autojump_clock: trio.testing.MockClo
     net = MemoryNetwork()
     transports: list[Transport] = [net.open_transport() for _ in range(3)]
 
-    async def body(nodes: list[Gossiper], got: list[dict[bytes, Message]]) -> None:
+    async def body(nodes: list[Gossiper[GossipEngine]], got: list[dict[bytes, Message]]) -> None:
         await nodes[0].push(b"x" * 100)
         await trio.sleep(1)
         stats = nodes[0].statistics()
@@ -183,7 +183,7 @@ async def test_real_udp_loopback_cluster(host: str) -> None:
     except OSError as err:  # pragma: no cover - depends on the host
         pytest.skip(f"no {host} loopback here: {err}")
 
-    async def body(nodes: list[Gossiper], got: list[dict[bytes, Message]]) -> None:
+    async def body(nodes: list[Gossiper[GossipEngine]], got: list[dict[bytes, Message]]) -> None:
         keys = [await nodes[i].push(b"over UDP %d" % i) for i in range(8)]
         with trio.fail_after(10):
             while not all(k in got[i] for i in range(8) for j, k in enumerate(keys) if i != j):

@@ -12,15 +12,15 @@ from gossip.wire import PullRequest, PullSync, PushMessage, decode_untrusted, en
 ADDRS = [("10.0.0.1", 7946), ("10.0.0.2", 7946)]
 
 
-def _engine(i: int, **config: object) -> GossipEngine:
+def _engine(i: int, config: GossipConfig | None = None) -> GossipEngine:
     return GossipEngine(
-        StaticDiscovery(ADDRS), ADDRS[i], GossipConfig(**config), rng=random.Random(i)
+        StaticDiscovery(ADDRS), ADDRS[i], config or GossipConfig(), rng=random.Random(i)
     )
 
 
-def _holder(**config: object) -> tuple[GossipEngine, bytes, bytes]:
+def _holder(config: GossipConfig) -> tuple[GossipEngine, bytes, bytes]:
     """Node 1 holding an old and a new message (its pushes are dropped)."""
-    b = _engine(1, **config)
+    b = _engine(1, config)
     old = b.push(b"old", 0.0)
     new = b.push(b"new", 0.002)
     b.datagrams_to_send()
@@ -28,30 +28,30 @@ def _holder(**config: object) -> tuple[GossipEngine, bytes, bytes]:
 
 
 def test_a_digest_of_old_keys_gets_the_newer_ones_back() -> None:
-    b, old, new = _holder(reverse_sync=True)
+    b, old, new = _holder(GossipConfig(reverse_sync=True))
     b.receive(encode(PullSync((old,)), 0.01), ADDRS[0], 0.01)
     (out,) = b.datagrams_to_send()
     assert out.addrs == (ADDRS[0],)
     assert decode_untrusted(out.data) == PullSync((new,))
     # The node that lacked it asks for it; it never answers a reverse digest with another.
-    a = _engine(0, reverse_sync=True)
+    a = _engine(0, GossipConfig(reverse_sync=True))
     a.receive(encode(PullSync((new,)), 0.011), ADDRS[1], 0.011)
     (ask,) = a.datagrams_to_send()
     assert decode_untrusted(ask.data) == PullRequest((new,))
 
 
 def test_off_when_disabled_and_silent_when_nothing_is_newer() -> None:
-    b, old, new = _holder(reverse_sync=False)
+    b, old, new = _holder(GossipConfig(reverse_sync=False))
     b.receive(encode(PullSync((old,)), 0.01), ADDRS[0], 0.01)
     assert b.datagrams_to_send() == []
-    b, old, new = _holder(reverse_sync=True)
+    b, old, new = _holder(GossipConfig(reverse_sync=True))
     b.receive(encode(PullSync((old, new)), 0.01), ADDRS[0], 0.01)
     assert b.datagrams_to_send() == []
 
 
 def test_a_full_digest_datagram_is_not_answered() -> None:
     """It may be one of several; the keys we would offer may be in the next one."""
-    b = _engine(1, reverse_sync=True)
+    b = _engine(1, GossipConfig(reverse_sync=True))
     keys = [b.push(b"m%d" % i, i / 1000) for i in range(b.codec.max_keys() + 1)]
     b.datagrams_to_send()
     full = tuple(keys[: b.codec.max_keys()])
@@ -60,7 +60,7 @@ def test_a_full_digest_datagram_is_not_answered() -> None:
 
 
 def test_initial_ack_timeout_bounds_the_first_round() -> None:
-    b = _engine(1, initial_ack_timeout=0.05)
+    b = _engine(1, GossipConfig(initial_ack_timeout=0.05))
     b.push(b"x", 0.0)
     assert b.get_timer() == 0.05
 

@@ -114,7 +114,8 @@ def test_late_joiners_and_a_healed_partition_catch_up_by_pulling() -> None:
     m = result.messages[0]
     assert result.complete and m.delivered == 150
     assert result.network_dropped["partition"] > 0
-    assert result.network_dropped["offline"] >= 0
+    # Late joiners missed datagrams sent before they started (and got the message anyway).
+    assert result.network_dropped["offline"] > 0
     # The cut-off side could only get it after the heal, through anti-entropy pulls.
     assert m.pulled > 0
     late = [i for i, t in sim.join_at.items() if t > sim.push_at[0] + 0.01]

@@ -83,6 +83,7 @@ class GossipMachine(RuleBasedStateMachine):
 
 
 TestGossipMachine = GossipMachine.TestCase
+# settings(): a copy of the loaded profile (conftest.py).
 TestGossipMachine.settings = settings(
-    settings.default, stateful_step_count=40, max_examples=min(150, settings.default.max_examples)
+    settings(), stateful_step_count=40, max_examples=min(150, settings().max_examples)
 )

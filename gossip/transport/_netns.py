@@ -1,10 +1,11 @@
-"""Network namespaces per thread (private to the eBPF transport).
+"""Network namespaces per thread (private to the transports).
 
 ``setns()`` changes the namespace of the calling *thread* only, and netlink sockets (pyroute2's
 ``IPRoute``), ioctls and ``bpf(BPF_LINK_CREATE)`` resolve interface indexes in the namespace of
-the thread that calls them. The eBPF transport therefore remembers the namespace of the thread
-that opened it and enters it in every worker thread it uses (trio reuses worker threads, so
-each call restores the thread's own namespace afterwards).
+the thread that calls them. The eBPF transport therefore remembers its namespace (the opening
+thread's, or one named by ``ip netns add``) and enters it in every worker thread it uses (trio
+reuses worker threads, so each call restores the thread's own namespace afterwards). The trio
+thread itself never enters one: threads started from it meanwhile would inherit it.
 """
 
 from __future__ import annotations

@@ -210,10 +210,12 @@ async def probe(
     loader: Loader = "libbpf",
     object_path: str | None = None,
     source_path: str | None = None,
+    namespace: str | None = None,
 ) -> ProbeResult:
     """Check whether the cloner can run: platform, capabilities, libraries, the object (or
     the source and bcc), and a trial load of the program (the verifier's verdict); with
-    ``interface``, also that the interface exists in this network namespace.
+    ``interface``, also that the interface exists in this network namespace (``namespace``,
+    a name from ``ip netns add``, or the calling thread's).
 
     The trial load runs in a worker thread (about 10 ms with libbpf, 1 s with bcc).
 
@@ -225,7 +227,7 @@ async def probe(
     reason = _static_reason(loader, object_path, source_path)
     if reason is not None:
         return ProbeResult(False, reason, loader)
-    netns = _netns.NetnsHandle.current()
+    netns = _netns_handle(namespace)
 
     def trial() -> str | None:
         try:
@@ -243,6 +245,13 @@ async def probe(
     finally:
         netns.close()
     return ProbeResult(reason is None, reason or "", loader)
+
+
+def _netns_handle(namespace: str | None) -> _netns.NetnsHandle:
+    """The namespace made by ``ip netns add namespace``, or the calling thread's."""
+    if namespace is None:
+        return _netns.NetnsHandle.current()
+    return _netns.NetnsHandle.named(namespace)
 
 
 def _describe(exc: BaseException) -> str:
@@ -787,6 +796,7 @@ async def open_ebpf_transport(
     refresh_interval: float = 5.0,
     recv_buffer: int | None = DEFAULT_RECV_BUFFER,
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    namespace: str | None = None,
 ) -> AsyncIterator[EBPFTransport]:
     """Open a UDP transport and attach the cloner to ``interface`` for its fan-outs.
 
@@ -801,8 +811,10 @@ async def open_ebpf_transport(
 
     Args:
         host, port, recv_buffer, send_timeout: as :func:`open_udp_transport`.
-        interface: the interface the peers are reached through, in the calling thread's
-            network namespace.
+        interface: the interface the peers are reached through, in ``namespace``.
+        namespace: the network namespace (made by ``ip netns add NAME``) of the socket, the
+            interface and the program; ``None``: the calling thread's. Worker threads enter
+            it for every namespace-sensitive call; the calling thread never does.
         loader: ``"libbpf"`` (the precompiled object; default) or ``"bcc"`` (compiles the C
             at start: about 1 s, needs kernel headers).
         attach: ``"tcx"`` (kernel >= 6.6), ``"clsact"``, or ``"auto"``: tcx, else clsact.
@@ -824,7 +836,9 @@ async def open_ebpf_transport(
         socket.inet_aton(marker[0])
     except OSError:
         raise LocalProtocolError(f"the marker must be an IPv4 address: {marker!r}") from None
-    udp = await open_udp_transport(host, port, recv_buffer=recv_buffer, send_timeout=send_timeout)
+    udp = await open_udp_transport(
+        host, port, recv_buffer=recv_buffer, send_timeout=send_timeout, namespace=namespace
+    )
     netns: _netns.NetnsHandle | None = None
     try:
         reason: str | None = None
@@ -836,7 +850,7 @@ async def open_ebpf_transport(
         else:
             reason = _static_reason(loader, obj, src)
         if reason is None:
-            netns = _netns.NetnsHandle.current()
+            netns = _netns_handle(namespace)
             open_cloner = functools.partial(
                 Cloner.open,
                 interface,

@@ -18,6 +18,7 @@ Usage::
 from __future__ import annotations
 
 import errno
+import functools
 import math
 import socket
 import struct
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 import trio
 
 from gossip.errors import LocalProtocolError
+from gossip.transport import _netns
 from gossip.transport.base import Address, AsyncClosing, TransportStatistics
 
 __all__ = [
@@ -357,6 +359,7 @@ async def open_udp_transport(
     *,
     recv_buffer: int | None = DEFAULT_RECV_BUFFER,
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    namespace: str | None = None,
 ) -> UDPTransport:
     """Bind a UDP socket and wrap it in a :class:`UDPTransport`.
 
@@ -373,13 +376,17 @@ async def open_udp_transport(
             granted is :attr:`UDPTransport.receive_buffer` and in ``statistics()``. ``None``
             keeps the system default.
         send_timeout: see :class:`UDPTransport`.
+        namespace: a network namespace made by ``ip netns add NAME`` to create the socket
+            in (Linux, root); ``None``: the calling thread's. The socket is made in a worker
+            thread that enters the namespace and leaves it again; the calling thread never
+            does (threads it started meanwhile would inherit it).
 
     Returns:
         The bound transport.
 
     Raises:
         LocalProtocolError: a bad port, buffer size or timeout, or a host that does not resolve.
-        OSError: the bind failed (address in use, address not local).
+        OSError: the bind failed (address in use, address not local), or no such namespace.
     """
     if not (isinstance(port, int) and 0 <= port <= 65535):
         raise LocalProtocolError(f"port must be in 0..65535: {port!r}")
@@ -392,11 +399,28 @@ async def open_udp_transport(
     except socket.gaierror as exc:
         raise LocalProtocolError(f"cannot resolve bind host {host!r}: {exc}") from exc
     family, _type, proto, _canonname, sockaddr = infos[0]
-    sock = socket.socket(family, socket.SOCK_DGRAM, proto)
+
+    def bind() -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_DGRAM, proto)
+        try:
+            if recv_buffer is not None:
+                _set_receive_buffer(sock, recv_buffer)
+            sock.bind(sockaddr)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    if namespace is None:
+        sock = bind()
+    else:
+        # A socket belongs to the namespace it was created in, whichever thread uses it.
+        handle = _netns.NetnsHandle.named(namespace)
+        try:
+            sock = await trio.to_thread.run_sync(functools.partial(_netns.run_in, handle, bind))
+        finally:
+            handle.close()
     try:
-        if recv_buffer is not None:
-            _set_receive_buffer(sock, recv_buffer)
-        sock.bind(sockaddr)
         return UDPTransport(sock, send_timeout=send_timeout)
     except BaseException:
         sock.close()
