@@ -58,6 +58,7 @@ from gossip.wire import (
     DEFAULT_MAX_DATAGRAM,
     MAX_DATAGRAM_LIMIT,
     MIN_DATAGRAM_LIMIT,
+    PACKET_RANGES,
     Codec,
     PacketType,
     PullRequest,
@@ -305,19 +306,30 @@ class GossipEngine:
         keyring: Keyring | None = None,
         rng: random.Random | None = None,
         clock_offset: float = 0.0,
+        codec: Codec | None = None,
     ) -> None:
         self.config = config = config or GossipConfig()
         self.discovery = discovery
         self.local_address = local_address
         self._rng = rng or random.Random()
-        self.codec = Codec(
-            keyring,
-            max_datagram=config.max_datagram,
-            replay=ReplayGuard(config.replay_window, config.replay_capacity)
-            if keyring is not None
-            else None,
-            clock_offset=clock_offset,
-        )
+        if codec is None:
+            codec = Codec(
+                keyring,
+                max_datagram=config.max_datagram,
+                replay=ReplayGuard(config.replay_window, config.replay_capacity)
+                if keyring is not None
+                else None,
+                clock_offset=clock_offset,
+            )
+        elif keyring is not None:
+            raise LocalProtocolError("give the engine a keyring or a codec (which has one)")
+        elif codec.max_datagram != config.max_datagram:
+            raise LocalProtocolError(
+                f"the codec's max_datagram ({codec.max_datagram}) is not the config's "
+                f"({config.max_datagram})"
+            )
+        #: Shared with the other engines of a node (one keyring, one replay guard).
+        self.codec = codec
         self._clock_offset = clock_offset
         self._echo_limit = config.echo_suppression
         self._ttl_ms = int(config.message_ttl * 1000)
@@ -447,6 +459,11 @@ class GossipEngine:
             in_flight=len(self._own),
             window=int(self._window),
         )
+
+    @property
+    def packet_types(self) -> range:
+        """The broadcast range of the packet type byte (five packets; the rest reserved)."""
+        return PACKET_RANGES["broadcast"]
 
     @property
     def window(self) -> int:
