@@ -258,7 +258,13 @@ class Report:
 
 
 def _dropped(stats: dict[str, Any] | None) -> dict[str, int]:
-    return dict(stats["engine"]["dropped"]) if stats else {}
+    """Drops of the engine and of the node's router (types no engine owns), by reason."""
+    if not stats:
+        return {}
+    total = dict(stats["engine"]["dropped"])
+    for reason, n in stats.get("dropped", {}).items():
+        total[reason] = total.get(reason, 0) + n
+    return total
 
 
 async def _wait_drained(port: int) -> None:

@@ -80,14 +80,14 @@ import trio
 
 from gossip.agent import _write_all, format_address
 from gossip.compat.gogossip import GOSSIP_NUMBER, KEY_SIZE
-from gossip.compat.gogossip_engine import GoGossipEngine
+from gossip.compat.gogossip_engine import GoGossipEngine, GoGossipStatistics
 from gossip.compat.legacy_cipher import LegacyGoGossipCipher
 from gossip.compat.runtime import open_go_gossiper
 from gossip.crypto import Keyring
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
 from gossip.node import Gossiper, GossiperStatistics, Message, open_gossiper
-from gossip.protocol import GossipConfig, GossipEngine
+from gossip.protocol import EngineStatistics, GossipConfig, GossipEngine
 from gossip.transport.base import Address, Transport
 from gossip.transport.udp import UDPTransport, open_udp_transport
 
@@ -195,8 +195,8 @@ class BridgeStatistics:
 
     relayed: dict[str, int]
     skipped: dict[str, int]
-    native: GossiperStatistics
-    go: GossiperStatistics
+    native: GossiperStatistics[EngineStatistics]
+    go: GossiperStatistics[GoGossipStatistics]
 
 
 class Bridge:

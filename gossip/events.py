@@ -6,13 +6,11 @@ so one thin runtime can drive either.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
 import attrs
 
 from gossip.transport.base import Address
 
-__all__ = ["Event", "MessageDelivered", "Outgoing", "PacketDropped", "SansIOEngine"]
+__all__ = ["Event", "MessageDelivered", "Outgoing", "PacketDropped"]
 
 
 @attrs.frozen(slots=True)
@@ -49,21 +47,6 @@ class PacketDropped:
     addr: Address
 
 
+#: The broadcast engine's events. The set is open: every engine may define its own (a
+#: membership change, a store update); the runtime hands them out by type.
 Event = MessageDelivered | PacketDropped
-
-
-class SansIOEngine(Protocol):
-    """What the trio runtime drives: any engine with these methods (the native
-    :class:`~gossip.protocol.GossipEngine`, the go-gossip compatibility engine)."""
-
-    #: ``False`` while the application's queue is full: take no new message now.
-    accepting: bool
-
-    def push(self, data: bytes, now: float) -> bytes: ...
-    def can_push(self, size: int, now: float) -> bool: ...
-    def receive(self, datagram: bytes, addr: Address, now: float) -> None: ...
-    def handle_timer(self, now: float) -> None: ...
-    def datagrams_to_send(self) -> list[Outgoing]: ...
-    def pop_events(self) -> list[Event]: ...
-    def get_timer(self) -> float | None: ...
-    def statistics(self) -> Any: ...

@@ -1,9 +1,11 @@
-"""The trio runtime: a thin pump between a transport and a :class:`~gossip.protocol.GossipEngine`.
+"""The trio runtime: a thin pump between a transport and a node's sans-IO engines.
 
-After every input (a batch of datagrams, a push, a timer) it flushes the engine's datagrams to
-the transport, hands delivered messages to the application, and re-arms one timer. Three
-background tasks (receive loop, timer, flusher for ``push_nowait``) live in the nursery of
-:func:`open_gossiper`.
+A node is one transport and a :class:`~gossip.mux.Mux` of engines (the broadcast engine, and
+whatever else shares the port). After every input (a batch of datagrams, a push, a timer) the
+pump flushes every engine's datagrams to the transport, hands events out by type (delivered
+messages to the application's queue, anything else to :meth:`Gossiper.subscribe` callbacks),
+and re-arms one timer. Three background tasks (receive loop, timer, flusher for
+``push_nowait``) live in the nursery of :func:`open_gossiper`.
 
 Back-pressure, both ways:
 
@@ -29,23 +31,27 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, Generic, Literal, TypeVar
 
 import attrs
 import trio
 
-from gossip.crypto import Keyring
+from gossip.crypto import Keyring, ReplayGuard
 from gossip.discovery.base import Discovery
+from gossip.engine import Engine, EngineContext, Publisher
 from gossip.errors import LocalProtocolError
-from gossip.events import Event, MessageDelivered, Outgoing, SansIOEngine
+from gossip.events import MessageDelivered, Outgoing
+from gossip.mux import Mux
 from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.base import Address, Transport, TransportStatistics
+from gossip.wire import Codec
 
 __all__ = [
     "RECEIVE_BATCH",
     "Delivery",
+    "EngineFactory",
     "Gossiper",
     "GossiperStatistics",
     "Message",
@@ -62,6 +68,11 @@ _ROOM_POLL: Final = 0.05
 
 Delivery = Literal["wait", "drop"]
 """What a full delivery queue does (see :func:`open_gossiper`)."""
+
+EngineFactory = Callable[[EngineContext], Engine[Any]]
+"""Makes one more engine for a node from what the node shares (see :mod:`gossip.engine`)."""
+
+S = TypeVar("S")
 
 
 @attrs.frozen(slots=True)
@@ -84,33 +95,44 @@ class Message:
 
 
 @attrs.frozen
-class GossiperStatistics:
+class GossiperStatistics(Generic[S]):
     """A snapshot: the engine's and the transport's counters, and the delivery queue's.
-    ``engine`` is a :class:`~gossip.protocol.EngineStatistics` for the native engine.
-    ``push_waits`` counts ``push`` calls that had to wait (the source was paced)."""
+    ``engine`` is the publishing engine's own (:class:`~gossip.protocol.EngineStatistics`
+    for the native engine). ``push_waits`` counts ``push`` calls that had to wait (the
+    source was paced); ``dropped`` counts datagrams of a type no engine of the node owns."""
 
-    engine: Any
+    engine: S
     transport: TransportStatistics
     delivery_queued: int
     delivery_overflow: int
     push_waits: int = 0
+    dropped: dict[str, int] = attrs.field(factory=dict)
 
 
-E = TypeVar("E", bound=SansIOEngine)
+E_co = TypeVar("E_co", bound=Publisher[Any], covariant=True)
+P = TypeVar("P", bound=Publisher[Any])
 
 
-class Gossiper(Generic[E]):
+class Gossiper(Generic[E_co]):
     """A running gossip node; made by :func:`open_gossiper` (or :func:`run_engine`)."""
 
     def __init__(
         self,
-        engine: E,
+        engine: E_co,
         transport: Transport,
         delivery_queue: int,
         clock_offset: float,
+        *,
         delivery: Delivery = "wait",
+        mux: Mux | None = None,
     ) -> None:
+        #: The engine ``push`` and delivery go through (the broadcast engine).
         self.engine = engine
+        #: Every engine of the node, ``engine`` included, behind one router.
+        self.mux = Mux([engine]) if mux is None else mux
+        if engine not in self.mux.engines:
+            raise LocalProtocolError("the publishing engine must be one of the mux's engines")
+        self._subscribers: dict[type, list[Callable[[Any], None]]] = {}
         self.transport = transport
         self._clock_offset = clock_offset
         self._queue: deque[Message] = deque()
@@ -187,7 +209,7 @@ class Gossiper(Generic[E]):
     async def __anext__(self) -> Message:
         return await self.receive()
 
-    def statistics(self) -> GossiperStatistics:
+    def statistics(self: Gossiper[Publisher[S]]) -> GossiperStatistics[S]:
         """Counters of the engine, the transport and the delivery queue."""
         return GossiperStatistics(
             engine=self.engine.statistics(),
@@ -195,7 +217,17 @@ class Gossiper(Generic[E]):
             delivery_queued=len(self._queue),
             delivery_overflow=self._overflow,
             push_waits=self._push_waits,
+            dropped=self.mux.statistics().dropped,
         )
+
+    def subscribe(self, event_type: type[S], callback: Callable[[S], None]) -> None:
+        """Call ``callback(event)`` for every event of exactly ``event_type`` that an engine
+        of this node emits (drops, and the events of engines added with ``engines=``),
+        from the pump, right after the input that caused it. Delivered messages go to
+        :meth:`receive`, not here. Keep callbacks short; they must not raise."""
+        if event_type is MessageDelivered:
+            raise LocalProtocolError("delivered messages are read with receive(), not subscribed")
+        self._subscribers.setdefault(event_type, []).append(callback)
 
     # ------------------------------------------------------------ the pump
 
@@ -210,14 +242,16 @@ class Gossiper(Generic[E]):
         return message
 
     async def _flush(
-        self, outgoing: list[Outgoing] | None = None, events: list[Event] | None = None
+        self,
+        outgoing: Sequence[Outgoing] | None = None,
+        events: Sequence[object] | None = None,
     ) -> None:
-        engine = self.engine
+        mux = self.mux
         transport = self.transport
         if outgoing is None:
-            outgoing = engine.datagrams_to_send()
+            outgoing = mux.datagrams_to_send()
         if events is None:
-            events = engine.pop_events()
+            events = mux.pop_events()
         for out in outgoing:
             if len(out.addrs) == 1:
                 await transport.send(out.data, out.addrs[0])
@@ -227,9 +261,10 @@ class Gossiper(Generic[E]):
             self._deliver(events)
         self._update_deadline()
 
-    def _deliver(self, events: list[Event]) -> None:
+    def _deliver(self, events: Sequence[object]) -> None:
         queue = self._queue
         offset = self._clock_offset
+        subscribers = self._subscribers
         for event in events:
             if type(event) is MessageDelivered:
                 if self._wait or len(queue) < self._capacity:
@@ -238,13 +273,16 @@ class Gossiper(Generic[E]):
                     )
                 else:
                     self._overflow += 1
+            elif subscribers:
+                for callback in subscribers.get(type(event), ()):
+                    callback(event)
         if self._wait and len(queue) >= self._capacity:
             self.engine.accepting = False  # until the application takes some
         if queue:
             self._readers.unpark()
 
     def _update_deadline(self) -> None:
-        deadline = self.engine.get_timer()
+        deadline = self.mux.get_timer()
         if deadline is None:
             deadline = math.inf
         if deadline != self._deadline:
@@ -257,7 +295,7 @@ class Gossiper(Generic[E]):
     async def _receive_loop(self) -> None:
         receive = self.transport.receive
         receive_nowait = self._receive_nowait
-        engine = self.engine
+        engine = self.mux
         current_time = trio.current_time
         while True:
             try:
@@ -287,7 +325,7 @@ class Gossiper(Generic[E]):
                 self._update_deadline()
 
     async def _timer_loop(self) -> None:
-        engine = self.engine
+        engine = self.mux
         while True:
             with trio.CancelScope() as scope:
                 self._timer_scope = scope
@@ -312,20 +350,27 @@ class Gossiper(Generic[E]):
 
 @asynccontextmanager
 async def run_engine(
-    engine: E,
+    engine: P,
     transport: Transport,
     *,
     delivery_queue: int = 1024,
     clock_offset: float = 0.0,
     delivery: Delivery = "wait",
-) -> AsyncIterator[Gossiper[E]]:
-    """Drive any sans-IO ``engine`` over ``transport`` until the block exits (the engine must
-    already be started; ``clock_offset`` is what it adds to trio time to get Unix time)."""
+    others: Sequence[Engine[Any]] = (),
+) -> AsyncIterator[Gossiper[P]]:
+    """Drive any sans-IO ``engine`` (and ``others`` sharing its node, each owning its own
+    packet types) over ``transport`` until the block exits. The engines must already be
+    started; ``clock_offset`` is what ``engine`` adds to trio time to get Unix time.
+
+    Raises:
+        LocalProtocolError: a setting out of range, or engines whose packet types collide.
+    """
     if not isinstance(delivery_queue, int) or delivery_queue < 1:
         raise LocalProtocolError("delivery_queue must be an integer >= 1")
     if delivery not in ("wait", "drop"):
         raise LocalProtocolError(f"delivery must be 'wait' or 'drop', got {delivery!r}")
-    gossiper = Gossiper(engine, transport, delivery_queue, clock_offset, delivery)
+    mux = Mux([engine, *others])
+    gossiper = Gossiper(engine, transport, delivery_queue, clock_offset, delivery=delivery, mux=mux)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(gossiper._receive_loop)
         nursery.start_soon(gossiper._timer_loop)
@@ -347,6 +392,7 @@ async def open_gossiper(
     rng: random.Random | None = None,
     delivery_queue: int = 1024,
     delivery: Delivery = "wait",
+    engines: Sequence[EngineFactory] = (),
 ) -> AsyncIterator[Gossiper[GossipEngine]]:
     """Run a gossip node on ``transport`` until the block exits.
 
@@ -370,23 +416,36 @@ async def open_gossiper(
             messages until the application catches up (they come again by anti-entropy, none
             is lost while it catches up within ``message_ttl``); ``"drop"`` skips the newest
             for the application and counts ``delivery_overflow`` (the node still relays it).
+        engines: factories of more engines that share this node (its port, codec, keyring,
+            replay guard and timer): see :mod:`gossip.engine`. Their events reach
+            :meth:`Gossiper.subscribe`.
     """
     # Labels and keys carry wall-clock time; the engine runs on trio's clock (MockClock in tests).
     clock_offset = time.time() - trio.current_time()
-    engine = GossipEngine(
-        discovery,
-        transport.local_address,
-        config,
-        keyring=keyring,
-        rng=rng,
+    config = config or GossipConfig()
+    rng = rng or random.Random()
+    # One codec for the node: every engine shares its keyring and its replay guard.
+    codec = Codec(
+        keyring,
+        max_datagram=config.max_datagram,
+        replay=None
+        if keyring is None
+        else ReplayGuard(config.replay_window, config.replay_capacity),
         clock_offset=clock_offset,
     )
-    engine.start(trio.current_time())
+    engine = GossipEngine(
+        discovery, transport.local_address, config, codec=codec, rng=rng, clock_offset=clock_offset
+    )
+    now = trio.current_time()
+    engine.start(now)
+    context = EngineContext(codec, transport.local_address, discovery, rng, now)
+    others = [make(context) for make in engines]
     async with run_engine(
         engine,
         transport,
         delivery_queue=delivery_queue,
         clock_offset=clock_offset,
         delivery=delivery,
+        others=others,
     ) as gossiper:
         yield gossiper

@@ -34,8 +34,9 @@ import math
 import secrets
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import IntEnum
+from types import MappingProxyType
 from typing import Final
 
 import attrs
@@ -50,6 +51,7 @@ __all__ = [
     "MAX_DATAGRAM_LIMIT",
     "MESSAGE_KEY_SIZE",
     "MIN_DATAGRAM_LIMIT",
+    "PACKET_RANGES",
     "Codec",
     "Encryption",
     "Packet",
@@ -63,6 +65,7 @@ __all__ = [
     "encode",
     "key_timestamp_ms",
     "new_message_key",
+    "packet_range",
     "peek_message_key",
 ]
 
@@ -93,6 +96,37 @@ class PacketType(IntEnum):
     PULL_SYNC = 0x03
     PULL_REQUEST = 0x04
     PULL_RESPONSE = 0x05
+
+
+#: The packet type byte is shared by every engine of a node: each owns one range, and the
+#: runtime routes a datagram to the owner of its type (:mod:`gossip.mux`). A type outside
+#: every range is refused as ``type`` before any crypto.
+PACKET_RANGES: Final[Mapping[str, range]] = MappingProxyType(
+    {
+        "broadcast": range(0x01, 0x10),  # the five packets below; 0x06-0x0F reserved
+        "membership": range(0x10, 0x20),  # SWIM + Lifeguard (issue 11)
+        "kv": range(0x20, 0x30),  # the replicated key-value store (issue 12)
+    }
+)
+#: One flag per type byte: does any range hold it.
+_RESERVED: Final = bytes(any(t in r for r in PACKET_RANGES.values()) for t in range(256))
+
+#: The five packets :meth:`Codec.decode_untrusted` reads (the broadcast engine's).
+_BROADCAST: Final = bytes(1 <= t <= 5 for t in range(256))
+
+
+def packet_range(name: str) -> range:
+    """The type range reserved for the engine family ``name`` (``broadcast``, ``membership``,
+    ``kv``).
+
+    Raises:
+        LocalProtocolError: no such family.
+    """
+    try:
+        return PACKET_RANGES[name]
+    except KeyError:
+        known = ", ".join(PACKET_RANGES)
+        raise LocalProtocolError(f"no packet range {name!r} (known: {known})") from None
 
 
 class Encryption(IntEnum):
@@ -363,6 +397,54 @@ class Codec:
             _pack_header(MAGIC_VERSION, ptype, self._enc, primary.key_id, ts, key), data
         )
 
+    def seal(self, ptype: int, body: bytes, now: float) -> bytes:
+        """Label ``body`` as packet type ``ptype`` (and seal it, with a keyring): the
+        envelope for an engine's own packets (see :data:`PACKET_RANGES`).
+
+        Raises:
+            LocalProtocolError: ``ptype`` is in no reserved range, or the datagram would
+                exceed ``max_datagram``.
+        """
+        if not (type(ptype) is int and 0 <= ptype < 256 and _RESERVED[ptype]):
+            raise LocalProtocolError(f"packet type {ptype!r} is in no reserved range")
+        if len(body) > self._max_body:
+            raise LocalProtocolError(
+                f"a {len(body)}-byte body does not fit in a {self.max_datagram}-byte datagram "
+                f"(largest body: {self._max_body} bytes)"
+            )
+        return self._wrap(ptype, body, now)
+
+    def open_untrusted(self, datagram: bytes, now: float) -> tuple[int, bytes]:
+        """Check the label of a datagram from the network, authenticate and open it (with a
+        keyring; replays are refused), and return its type byte and its body, unparsed: the
+        envelope for an engine's own packets. The one replay guard and keyring of the codec
+        serve every engine that shares it.
+
+        Raises:
+            MalformedPacket: truncated, oversized, wrong magic/version, type in no range.
+            DecryptError: as :meth:`decode_untrusted`.
+        """
+        n = len(datagram)
+        if n < LABEL_SIZE or n > self.max_datagram:
+            raise self._label_error(datagram)
+        magic, ptype, enc, key_id, ts = _LABEL.unpack_from(datagram)
+        if magic != MAGIC_VERSION or not _RESERVED[ptype] or enc != self._enc:
+            raise self._label_error(datagram)
+        keyring = self._keyring
+        if keyring is None:
+            if key_id:
+                raise MalformedPacket("plain-text label carries a key id", reason="label")
+            return ptype, datagram[LABEL_SIZE:]
+        key = keyring.get(key_id)
+        if key is None:
+            raise DecryptError(f"unknown key id 0x{key_id:08x}", reason="unknown-key")
+        if n < _HEADER_SIZE:
+            raise DecryptError("sealed body length is not IV + whole blocks", reason="length")
+        body = key.open_untrusted(datagram, LABEL_SIZE)
+        assert self._replay is not None
+        self._replay.check(datagram[-TAG_SIZE:], ts, _trunc((now + self.clock_offset) * 1000.0))
+        return ptype, body
+
     def encode_ack(self, key: bytes, now: float) -> bytes:
         """Fast path of :meth:`encode` for a PushAck of a valid key."""
         return self._wrap(_PUSH_ACK, key, now)
@@ -413,10 +495,10 @@ class Codec:
         # datagram holds a label and 16 bytes more (a key, or at least IV + block + tag).
         n = len(datagram)
         if n < _HEADER_SIZE or n > self.max_datagram:
-            raise self._label_error(datagram)
+            raise self._label_error(datagram, _BROADCAST)
         magic, ptype, enc, key_id, ts, msg_key = _unpack_header(datagram)
         if magic != MAGIC_VERSION or not 1 <= ptype <= 5 or enc != self._enc:
-            raise self._label_error(datagram)
+            raise self._label_error(datagram, _BROADCAST)
         message = _MESSAGES[ptype]
         keyring = self._keyring
         if keyring is None:
@@ -443,7 +525,7 @@ class Codec:
         set_data(packet, data)
         return packet
 
-    def _label_error(self, datagram: bytes) -> RemoteProtocolError:
+    def _label_error(self, datagram: bytes, known: bytes = _RESERVED) -> RemoteProtocolError:
         n = len(datagram)
         if n < LABEL_SIZE:
             return MalformedPacket(f"{n}-byte datagram is shorter than a label", reason="truncated")
@@ -452,7 +534,7 @@ class Codec:
         magic, ptype, enc = datagram[0], datagram[1], datagram[2]
         if magic != MAGIC_VERSION:
             return MalformedPacket(f"unknown magic/version 0x{magic:02x}", reason="version")
-        if not 1 <= ptype <= 5:
+        if not known[ptype]:
             return MalformedPacket(f"unknown packet type 0x{ptype:02x}", reason="type")
         if enc != self._enc:
             # No downgrade: an encrypted node never reads plain text, and vice versa.

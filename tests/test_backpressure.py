@@ -123,7 +123,7 @@ def test_cache_entries_bound_is_optional_and_validated() -> None:
 def test_digest_walks_a_large_cache_at_bounded_cost() -> None:
     # 5,000 cached keys, 83 keys a datagram: successive digests cover all of them in turn
     # (8 datagrams each), each round touching about one digest's worth of keys.
-    config = GossipConfig(sync_max_datagrams=8, sync_interval=1.0, sync_jitter=0.0)
+    config = GossipConfig(sync_max_datagrams=8, sync_interval=1.0, sync_jitter=0.0, sync_coverage=1)
     engine = GossipEngine(StaticDiscovery([addr(1)]), addr(0), config)
     keys = {engine.push(b"x", i * 1e-4) for i in range(5000)}
     engine.datagrams_to_send()
@@ -137,6 +137,25 @@ def test_digest_walks_a_large_cache_at_bounded_cost() -> None:
         rounds += 1
         assert rounds <= -(-5000 // per_round)
     assert rounds == -(-5000 // per_round)
+
+
+@pytest.mark.parametrize("coverage", [6, 12, 30])
+def test_digests_grow_with_the_cache_to_offer_each_key_coverage_times_a_ttl(
+    coverage: int,
+) -> None:
+    # 5,000 cached keys, TTL 60 s, one round a second: every key is offered at least
+    # ``coverage`` times in 60 rounds, i.e. the walk takes at most 60 / coverage rounds.
+    config = GossipConfig(sync_interval=1.0, sync_jitter=0.0, sync_coverage=coverage)
+    engine = GossipEngine(StaticDiscovery([addr(1)]), addr(0), config)
+    keys = [engine.push(b"x", i * 1e-4) for i in range(5000)]
+    engine.datagrams_to_send()
+    counts = dict.fromkeys(keys, 0)
+    for _ in range(60):
+        for k in engine._digest(1.0):
+            counts[k] += 1
+    assert min(counts.values()) >= coverage
+    # and not much more: the digest is sized by the coverage, not the whole cache each time
+    assert max(counts.values()) <= max(coverage, 60 * 8 * engine.codec.max_keys() // 5000) + 1
 
 
 def test_engine_defers_new_messages_while_not_accepting() -> None:

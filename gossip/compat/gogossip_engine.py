@@ -315,6 +315,11 @@ class GoGossipEngine:
         """The cached ``(key, value)`` pairs, oldest first: what a PullRequest receives."""
         return list(self._cache.items())
 
+    @property
+    def packet_types(self) -> range:
+        """Every type byte: go-gossip's datagrams have no label, so this engine runs alone."""
+        return range(256)
+
     def statistics(self) -> GoGossipStatistics:
         """A snapshot of the counters."""
         return GoGossipStatistics(
