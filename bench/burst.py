@@ -279,6 +279,11 @@ def table(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if r.get("system") == "memberlist" and "error" in r:
+            lines.append(
+                f"| memberlist | {r['n']} | {r['m']} | failed: {r['error']} | | | | | | | |"
+            )
+            continue
         if r.get("system") == "memberlist":
             lines.append(
                 f"| memberlist {r.get('interval_ms', '')} ms | {r['n']} | {r['m']} | "
@@ -320,7 +325,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.memberlist:
                 from bench.memberlist_burst import run_memberlist  # noqa: PLC0415
 
-                ml = run_memberlist(n, args.messages, args.interval_ms, min(args.timeout, 120))
+                try:
+                    ml = run_memberlist(n, args.messages, args.interval_ms, min(args.timeout, 120))
+                except RuntimeError as err:  # e.g. its cluster did not form within 60 s
+                    ml = {"n": n, "m": args.messages, "error": str(err)[-200:]}
                 ml.update(system="memberlist", run=run)
                 rows.append(ml)
                 print(json.dumps(ml), flush=True)

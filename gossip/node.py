@@ -38,6 +38,7 @@ from typing import Any, Final, Generic, Literal, TypeVar
 import attrs
 import trio
 
+from gossip._trio import single_exception
 from gossip.crypto import Keyring, ReplayGuard
 from gossip.discovery.base import Discovery
 from gossip.engine import Engine, EngineContext, Publisher
@@ -144,6 +145,7 @@ class Gossiper(Generic[E_co]):
         self._overflow = 0
         self._push_waits = 0
         self._closed = False
+        self._broken: BaseException | None = None  # why the transport failed, if it did
         self._timer_scope = trio.CancelScope()
         self._deadline = math.inf
         receive_nowait = getattr(transport, "receive_nowait", None)
@@ -160,7 +162,9 @@ class Gossiper(Generic[E_co]):
         message that a pull may still ask for: the cluster's pace, not the producer's.
 
         Raises:
-            LocalProtocolError: the payload does not fit one datagram, or the node is closed.
+            LocalProtocolError: the payload does not fit one datagram.
+            trio.ClosedResourceError: the node is closed (nothing was published).
+            trio.BrokenResourceError: the node's transport failed.
         """
         self._check_open()
         engine = self.engine
@@ -180,7 +184,9 @@ class Gossiper(Generic[E_co]):
 
         Raises:
             trio.WouldBlock: the window or the cache is full.
-            LocalProtocolError: the payload does not fit one datagram, or the node is closed.
+            LocalProtocolError: the payload does not fit one datagram.
+            trio.ClosedResourceError: the node is closed (nothing was published).
+            trio.BrokenResourceError: the node's transport failed.
         """
         self._check_open()
         now = trio.current_time()
@@ -191,23 +197,34 @@ class Gossiper(Generic[E_co]):
         return key
 
     async def receive(self) -> Message:
-        """Wait for the next delivered message."""
+        """Wait for the next delivered message.
+
+        Raises:
+            trio.EndOfChannel: the node closed (or its transport did) and every message
+                delivered before was read; ``async for message in node`` then ends.
+        """
         while not self._queue:
+            if self._closed:
+                raise trio.EndOfChannel
             await self._readers.park()
         await trio.lowlevel.checkpoint()
         return self._take()
 
     def receive_nowait(self) -> Message:
-        """The next delivered message if one is queued, else raise ``trio.WouldBlock``."""
+        """The next delivered message if one is queued, else raise ``trio.WouldBlock``
+        (``trio.EndOfChannel`` once the node is closed and drained)."""
         if not self._queue:
-            raise trio.WouldBlock
+            raise trio.EndOfChannel if self._closed else trio.WouldBlock
         return self._take()
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self
 
     async def __anext__(self) -> Message:
-        return await self.receive()
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
 
     def statistics(self: Gossiper[Publisher[S]]) -> GossiperStatistics[S]:
         """Counters of the engine, the transport and the delivery queue."""
@@ -232,8 +249,19 @@ class Gossiper(Generic[E_co]):
     # ------------------------------------------------------------ the pump
 
     def _check_open(self) -> None:
+        if self._broken is not None:
+            raise trio.BrokenResourceError("the node's transport failed") from self._broken
         if self._closed:
-            raise LocalProtocolError("this gossiper is closed")
+            raise trio.ClosedResourceError("this gossiper is closed")
+
+    def _close(self, broken: BaseException | None = None) -> None:
+        """Stop taking pushes and end the application's iteration once it has read what was
+        delivered. Idempotent; called when the block exits or the transport closes or fails."""
+        if broken is not None and self._broken is None:
+            self._broken = broken
+        self._closed = True
+        self._readers.unpark_all()
+        self._pushers.unpark_all()
 
     def _take(self) -> Message:
         message = self._queue.popleft()
@@ -252,11 +280,16 @@ class Gossiper(Generic[E_co]):
             outgoing = mux.datagrams_to_send()
         if events is None:
             events = mux.pop_events()
-        for out in outgoing:
-            if len(out.addrs) == 1:
-                await transport.send(out.data, out.addrs[0])
-            else:
-                await transport.send_many(out.data, out.addrs)
+        try:
+            for out in outgoing:
+                if len(out.addrs) == 1:
+                    await transport.send(out.data, out.addrs[0])
+                else:
+                    await transport.send_many(out.data, out.addrs)
+        except LocalProtocolError as err:
+            # Transports that predate trio's contract say "closed" this way.
+            self._close()
+            raise trio.ClosedResourceError("the transport is closed") from err
         if events:
             self._deliver(events)
         self._update_deadline()
@@ -301,6 +334,10 @@ class Gossiper(Generic[E_co]):
             try:
                 data, addr = await receive()
             except trio.ClosedResourceError:
+                self._close()
+                return
+            except trio.BrokenResourceError as err:
+                self._close(err)
                 return
             now = current_time()
             engine.receive(data, addr, now)
@@ -317,8 +354,12 @@ class Gossiper(Generic[E_co]):
             if out or events:
                 try:
                     await self._flush(out, events)
-                except (LocalProtocolError, trio.ClosedResourceError):
+                except trio.ClosedResourceError:
+                    self._close()
                     return  # the transport was closed under us: stop quietly
+                except trio.BrokenResourceError as err:
+                    self._close(err)
+                    return
             else:
                 # Duplicates or ACKs: nothing to send or deliver, maybe a timer to move.
                 # No coroutine for it (this is the commonest datagram).
@@ -335,8 +376,12 @@ class Gossiper(Generic[E_co]):
             engine.handle_timer(trio.current_time())
             try:
                 await self._flush()
-            except (LocalProtocolError, trio.ClosedResourceError):
+            except trio.ClosedResourceError:
+                self._close()
                 return  # the transport was closed under us: stop quietly
+            except trio.BrokenResourceError as err:
+                self._close(err)
+                return
 
     async def _flush_loop(self) -> None:
         """Send what ``push_nowait`` left in the engine (one flush for a run of them)."""
@@ -344,7 +389,11 @@ class Gossiper(Generic[E_co]):
             await self._flush_wanted.park()
             try:
                 await self._flush()
-            except (LocalProtocolError, trio.ClosedResourceError):
+            except trio.ClosedResourceError:
+                self._close()
+                return
+            except trio.BrokenResourceError as err:
+                self._close(err)
                 return
 
 
@@ -371,15 +420,16 @@ async def run_engine(
         raise LocalProtocolError(f"delivery must be 'wait' or 'drop', got {delivery!r}")
     mux = Mux([engine, *others])
     gossiper = Gossiper(engine, transport, delivery_queue, clock_offset, delivery=delivery, mux=mux)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(gossiper._receive_loop)
-        nursery.start_soon(gossiper._timer_loop)
-        nursery.start_soon(gossiper._flush_loop)
-        try:
-            yield gossiper
-        finally:
-            gossiper._closed = True
-            nursery.cancel_scope.cancel()
+    with single_exception():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(gossiper._receive_loop)
+            nursery.start_soon(gossiper._timer_loop)
+            nursery.start_soon(gossiper._flush_loop)
+            try:
+                yield gossiper
+            finally:
+                gossiper._close()
+                nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager

@@ -41,7 +41,7 @@ import trio
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.node import Gossiper, GossiperStatistics, open_gossiper
-from gossip.protocol import GossipConfig, GossipEngine
+from gossip.protocol import EngineStatistics, GossipConfig, GossipEngine
 from gossip.transport import _bpfsys, _netlink
 from gossip.transport.base import Address, TransportStatistics
 from gossip.transport.ebpf import (
@@ -215,7 +215,7 @@ class ClusterRun:
     pushed: dict[bytes, tuple[int, bytes]]
     delivered: list[Counter[bytes]]
     payloads: list[dict[bytes, bytes]]
-    node_stats: list[GossiperStatistics]
+    node_stats: list[GossiperStatistics[EngineStatistics]]
     #: The cloner's and the transport's counters when the nodes started, and at the end.
     cloner_before: list[ClonerStatistics]
     cloner_after: list[ClonerStatistics]

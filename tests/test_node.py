@@ -151,12 +151,67 @@ async def test_shutdown_and_closed_transport(autojump_clock: trio.testing.MockCl
     async with open_gossiper(disc, a) as g:
         await a.aclose()  # the receive loop must end, not spin
         await trio.sleep(1)
-        with pytest.raises(LocalProtocolError):
-            await g.push(b"x")  # the transport refuses: a clear error
+        with pytest.raises(trio.ClosedResourceError):
+            await g.push(b"x")  # the node saw its transport close: trio's error, at once
+        assert g.statistics().engine.pushed == 0  # and nothing changed
     # The block exited: both background tasks ended.
-    with pytest.raises(LocalProtocolError, match="closed"):
+    with pytest.raises(trio.ClosedResourceError, match="closed"):
         await g.push(b"after close")
+    with pytest.raises(trio.ClosedResourceError):
+        g.push_nowait(b"after close")
+    assert g.statistics().engine.pushed == 0
     await b.aclose()
+
+
+async def test_iteration_ends_when_the_node_closes_after_draining(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = MemoryNetwork()
+    a, b = net.open_transport(), net.open_transport()
+    disc = StaticDiscovery([a.local_address, b.local_address])
+    seen: list[bytes] = []
+    async with open_gossiper(disc, a) as ga, open_gossiper(disc, b) as gb:
+        await ga.push(b"one")
+        await ga.push(b"two")
+        await trio.sleep(1)  # both delivered to b, not read yet
+        await b.aclose()  # b's transport goes away under it
+        with trio.fail_after(5):
+            async for message in gb:  # what was delivered is read, then the loop ends
+                seen.append(message.data)
+        with pytest.raises(trio.EndOfChannel):
+            gb.receive_nowait()
+    assert seen == [b"one", b"two"]
+
+
+async def test_iteration_ends_when_the_block_exits(autojump_clock: trio.testing.MockClock) -> None:
+    net = MemoryNetwork()
+    a = net.open_transport()
+    ended = trio.Event()
+
+    async def reader(g: Gossiper[GossipEngine]) -> None:
+        async for _ in g:
+            pass
+        ended.set()
+
+    async with trio.open_nursery() as nursery:
+        async with open_gossiper(StaticDiscovery([]), a) as g:
+            nursery.start_soon(reader, g)
+            await trio.sleep(1)
+        with trio.fail_after(1):
+            await ended.wait()
+
+
+class _Boom(Exception):
+    pass
+
+
+async def test_an_exception_in_the_block_comes_out_as_itself(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = MemoryNetwork()
+    with pytest.raises(_Boom):  # not an ExceptionGroup holding it
+        async with open_gossiper(StaticDiscovery([]), net.open_transport()):
+            raise _Boom
 
 
 async def test_statistics_and_oversize_push(autojump_clock: trio.testing.MockClock) -> None:

@@ -45,6 +45,7 @@ from typing import Literal, Protocol, TypeVar
 import attrs
 import trio
 
+from gossip._trio import single_exception
 from gossip.errors import LocalProtocolError
 from gossip.transport import _bpfsys, _netns
 from gossip.transport.base import Address, TransportStatistics
@@ -884,18 +885,14 @@ async def open_ebpf_transport(
             netns.close()
         raise
     try:
-        async with trio.open_nursery() as nursery:
-            if cloner is not None:
-                await nursery.start(transport._refresh_loop)
-            try:
-                yield transport
-            finally:
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # The refresh task never raises, so a group holds the body's one exception: hand it
-        # on as it was raised, not wrapped.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+        # The refresh task never raises, so a group holds the body's one exception.
+        with single_exception():
+            async with trio.open_nursery() as nursery:
+                if cloner is not None:
+                    await nursery.start(transport._refresh_loop)
+                try:
+                    yield transport
+                finally:
+                    nursery.cancel_scope.cancel()
     finally:
         await transport.aclose()
