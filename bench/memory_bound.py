@@ -174,7 +174,10 @@ def run_config(name: str, messages: int, size: int, window: int) -> Result:
             try:
                 data = feeder.recv(65535)
             except TimeoutError:
-                raise RuntimeError(f"no ACK for 5 s: {acked} of {sent} acknowledged") from None
+                engine = ask()["engine"]  # what the node says, for the error
+                raise RuntimeError(
+                    f"no ACK for 5 s: {acked} of {sent} acknowledged; the node's engine: {engine}"
+                ) from None
             if len(data) > 1 and data[1] == PacketType.PUSH_ACK:
                 acked += 1
 

@@ -146,6 +146,7 @@ class Gossiper(Generic[E_co]):
         self._push_waits = 0
         self._closed = False
         self._broken: BaseException | None = None  # why the transport failed, if it did
+        self._unyielded = 0  # messages receive() returned since it last yielded
         self._timer_scope = trio.CancelScope()
         self._deadline = math.inf
         receive_nowait = getattr(transport, "receive_nowait", None)
@@ -203,11 +204,22 @@ class Gossiper(Generic[E_co]):
             trio.EndOfChannel: the node closed (or its transport did) and every message
                 delivered before was read; ``async for message in node`` then ends.
         """
-        while not self._queue:
-            if self._closed:
-                raise trio.EndOfChannel
-            await self._readers.park()
-        await trio.lowlevel.checkpoint()
+        if not self._queue:
+            while not self._queue:
+                if self._closed:
+                    raise trio.EndOfChannel
+                await self._readers.park()
+            self._unyielded = 0
+        else:
+            # The receive loop queues up to RECEIVE_BATCH messages per pass through trio's
+            # scheduler; a reader that yielded after every message would take one per pass,
+            # fall behind, fill the queue and make the node defer. So yield once per batch.
+            self._unyielded += 1
+            if self._unyielded >= RECEIVE_BATCH:
+                self._unyielded = 0
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
         return self._take()
 
     def receive_nowait(self) -> Message:

@@ -74,9 +74,10 @@ from gossip.wire import (
 
 __all__ = ["EngineStatistics", "GossipConfig", "GossipEngine"]
 
-#: Bytes charged per cached message on top of its payload (key, entry and LRU bookkeeping), so
-#: that ``cache_bytes`` bounds real memory even for empty payloads.
-CACHE_ENTRY_OVERHEAD: Final = 200
+#: Bytes charged per cached message on top of its payload (key, entry, LRU bookkeeping and the
+#: arrival-order list), so that ``cache_bytes`` bounds real memory even for empty payloads:
+#: 333 bytes measured with tracemalloc on CPython 3.11 (50,000 entries of 1 KiB).
+CACHE_ENTRY_OVERHEAD: Final = 340
 #: How often a pulled key is requested before we give up on that holder (anti-entropy will
 #: offer it again). Pulls cross three lossy hops (digest, request, response): retrying the last
 #: two is what makes repair robust under loss.
@@ -115,7 +116,7 @@ class GossipConfig:
             MessageCacheSize). ``None`` (the default): the count follows from ``cache_bytes``
             and ``message_ttl``; a message leaves the cache when it expires, so that a pull
             for it can be answered as long as anyone may ask.
-        cache_bytes: bound of the cache in bytes (payload + 200 bytes per entry). When it is
+        cache_bytes: bound of the cache in bytes (payload + 340 bytes per entry). When it is
             full of messages younger than ``message_ttl``, :meth:`GossipEngine.can_push` is
             false (the runtime's ``push`` waits) and relays evict the least recently used
             entry early, counted in ``cache_evicted_early``. 64 MiB holds a minute of ~2,300
