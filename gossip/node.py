@@ -292,16 +292,11 @@ class Gossiper(Generic[E_co]):
             outgoing = mux.datagrams_to_send()
         if events is None:
             events = mux.pop_events()
-        try:
-            for out in outgoing:
-                if len(out.addrs) == 1:
-                    await transport.send(out.data, out.addrs[0])
-                else:
-                    await transport.send_many(out.data, out.addrs)
-        except LocalProtocolError as err:
-            # Transports that predate trio's contract say "closed" this way.
-            self._close()
-            raise trio.ClosedResourceError("the transport is closed") from err
+        for out in outgoing:
+            if len(out.addrs) == 1:
+                await transport.send(out.data, out.addrs[0])
+            else:
+                await transport.send_many(out.data, out.addrs)
         if events:
             self._deliver(events)
         self._update_deadline()

@@ -441,7 +441,7 @@ async def test_udp_transport_in_a_namespace(
 async def test_closed_transport_refuses_sends(topo: netns.Topology) -> None:
     async with sender(topo) as t:
         pass
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(trio.ClosedResourceError):
         await t.send_many(b"late", [(topo.peer_ips[0], PORT), (topo.peer_ips[1], PORT)])
     # The program is gone with the transport.
     assert await netns.acall_in(topo.sender, _sender_programs) == []

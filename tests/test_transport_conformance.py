@@ -429,9 +429,9 @@ async def test_use_after_close(factory: TransportFactory) -> None:
         b = await factory.open()
         await a.aclose()
         await a.aclose()  # idempotent
-        with pytest.raises(LocalProtocolError):
+        with pytest.raises(trio.ClosedResourceError):
             await a.send(b"x", b.local_address)
-        with pytest.raises(LocalProtocolError):
+        with pytest.raises(trio.ClosedResourceError):
             await a.send_many(b"x", [b.local_address])
         with pytest.raises(trio.ClosedResourceError):
             await a.receive()
@@ -465,7 +465,7 @@ async def test_async_context_manager_closes(factory: TransportFactory) -> None:
         assert isinstance(b, contextlib.AbstractAsyncContextManager)
         async with b as entered:
             assert entered is b
-        with pytest.raises(LocalProtocolError):
+        with pytest.raises(trio.ClosedResourceError):
             await b.send(b"x", a.local_address)
 
 
@@ -522,7 +522,7 @@ async def test_udp_send_gives_up_when_the_buffer_stays_full() -> None:
             assert a.statistics().datagrams_sent == 0
 
 
-async def test_udp_close_during_a_waiting_send_raises_local_protocol_error() -> None:
+async def test_udp_close_during_a_waiting_send_raises_closed_resource_error() -> None:
     with trio.fail_after(TIMEOUT):
         a = _full_buffer_transport(full_for=10**9, send_timeout=5)
         outcome: list[str] = []
@@ -530,7 +530,7 @@ async def test_udp_close_during_a_waiting_send_raises_local_protocol_error() -> 
         async def send_into_full_buffer() -> None:
             try:
                 await a.send(b"never", ("127.0.0.1", 9))
-            except LocalProtocolError:
+            except trio.ClosedResourceError:
                 outcome.append("refused")
 
         async with trio.open_nursery() as nursery:
@@ -668,3 +668,19 @@ async def test_udp_counts_the_kernels_drops_for_a_full_receive_buffer() -> None:
             assert drops == sent - received  # every datagram is received or counted
             await b.aclose()
             assert b.statistics().receive_drops == drops  # kept from the moment of closing
+
+
+async def test_every_transport_opens_as_an_async_context_manager() -> None:
+    with trio.fail_after(TIMEOUT):
+        async with open_udp_transport("127.0.0.1") as udp:
+            assert udp.local_address[1] != 0
+        with pytest.raises(trio.ClosedResourceError):
+            await udp.send(b"x", ("127.0.0.1", 9))  # closed at the end of the block
+        net = MemoryNetwork()
+        async with net.open() as mem:
+            assert mem.local_address[1] == 7946
+        with pytest.raises(trio.ClosedResourceError):
+            await mem.receive()
+        # The older form still works: await opens, the caller closes.
+        async with await open_udp_transport("127.0.0.1") as again:
+            assert again.statistics().datagrams_sent == 0

@@ -52,7 +52,8 @@ class Transport(Protocol):
     async def send(self, data: bytes, addr: Address) -> None:
         """Send one datagram to ``addr``. Errors of the network (unreachable peer, full
         buffer after waiting) are counted in ``send_errors``, never raised: gossip tolerates
-        loss. Raises ``LocalProtocolError`` after ``aclose``."""
+        loss. Raises ``trio.ClosedResourceError`` after ``aclose`` (and in a send that
+        ``aclose`` interrupts), ``trio.BrokenResourceError`` if the transport failed."""
         ...
 
     async def send_many(self, data: bytes, addrs: Sequence[Address]) -> None:

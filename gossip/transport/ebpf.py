@@ -543,10 +543,10 @@ class EBPFTransport:
         counted in ``statistics().fallbacks``. Errors of the network are counted, not raised.
 
         Raises:
-            LocalProtocolError: the transport is closed.
+            trio.ClosedResourceError: the transport is closed.
         """
         if self._closed:
-            raise LocalProtocolError("send on a closed transport")
+            raise trio.ClosedResourceError("send on a closed transport")
         if len(addrs) < 2:
             await self._udp.send_many(data, addrs)
             return
@@ -749,7 +749,7 @@ class EBPFTransport:
         self._busy = True
         try:
             if self._closed:
-                raise LocalProtocolError("send on a closed transport")
+                raise trio.ClosedResourceError("send on a closed transport")
             # Plans are cached, so an unchanged group is usually the very same tuple.
             if chunk is not self._written and chunk != self._written:
                 self._written = None

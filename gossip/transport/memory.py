@@ -34,6 +34,7 @@ from typing import Any
 import attrs
 import trio
 
+from gossip._trio import Opening
 from gossip.errors import LocalProtocolError
 from gossip.transport.base import Address, AsyncClosing, TransportStatistics
 
@@ -238,6 +239,16 @@ class MemoryNetwork:
 
     # -- transports ----------------------------------------------------------------------
 
+    def open(
+        self, addr: Address | None = None, *, inbox_capacity: int | None = None
+    ) -> Opening[MemoryTransport]:
+        """:meth:`open_transport` as every transport opens: ``async with net.open() as t``."""
+
+        async def make() -> MemoryTransport:
+            return self.open_transport(addr, inbox_capacity=inbox_capacity)
+
+        return Opening(make)
+
     def open_transport(
         self, addr: Address | None = None, *, inbox_capacity: int | None = None
     ) -> MemoryTransport:
@@ -369,10 +380,10 @@ class MemoryTransport(AsyncClosing):
         """Send one datagram without a checkpoint; :meth:`send` minus the trio yield.
 
         Raises:
-            LocalProtocolError: the transport is closed.
+            trio.ClosedResourceError: the transport is closed.
         """
         if self._closed:
-            raise LocalProtocolError("send on a closed transport")
+            raise trio.ClosedResourceError("send on a closed transport")
         # bytes() of bytes is the same object; of a bytearray, a copy, as a socket would take.
         data = bytes(data)
         if len(data) > MAX_DATAGRAM:
@@ -387,7 +398,7 @@ class MemoryTransport(AsyncClosing):
         any kind is counted by the network, never raised.
 
         Raises:
-            LocalProtocolError: the transport is closed.
+            trio.ClosedResourceError: the transport is closed.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         self.send_nowait(data, addr)
@@ -397,7 +408,7 @@ class MemoryTransport(AsyncClosing):
         """Send ``data`` to every address in ``addrs``, with one checkpoint for all.
 
         Raises:
-            LocalProtocolError: the transport is closed.
+            trio.ClosedResourceError: the transport is closed.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         for addr in addrs:

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import trio
 
+from gossip._trio import Opening
 from gossip.errors import LocalProtocolError
 from gossip.transport import _netns
 from gossip.transport.base import Address, AsyncClosing, TransportStatistics
@@ -244,13 +245,13 @@ class UDPTransport(AsyncClosing):
         are counted in ``send_errors`` and not raised.
 
         Raises:
-            LocalProtocolError: the transport is closed.
+            trio.ClosedResourceError: the transport is closed.
         """
         if self._send_streak >= CHECKPOINT_EVERY:
             self._send_streak = 0
             await trio.lowlevel.checkpoint()
         if self._closed:
-            raise LocalProtocolError("send on a closed transport")
+            raise trio.ClosedResourceError("send on a closed transport")
         try:
             self._sock.sendto(data, addr)
         except BlockingIOError:
@@ -268,10 +269,10 @@ class UDPTransport(AsyncClosing):
         :meth:`send` (CPython has no ``sendmmsg``).
 
         Raises:
-            LocalProtocolError: the transport is closed.
+            trio.ClosedResourceError: the transport is closed.
         """
         if self._closed:
-            raise LocalProtocolError("send on a closed transport")
+            raise trio.ClosedResourceError("send on a closed transport")
         sock = self._sock
         size = len(data)
         for addr in addrs:
@@ -279,7 +280,7 @@ class UDPTransport(AsyncClosing):
                 self._send_streak = 0
                 await trio.lowlevel.checkpoint()
                 if self._closed:
-                    raise LocalProtocolError("send on a closed transport")
+                    raise trio.ClosedResourceError("send on a closed transport")
             try:
                 sock.sendto(data, addr)
             except BlockingIOError:
@@ -301,13 +302,13 @@ class UDPTransport(AsyncClosing):
                     # Checked before every wait: the socket may have closed while this task
                     # queued for the lock or was woken.
                     if self._closed:
-                        raise LocalProtocolError("transport closed during send")
+                        raise trio.ClosedResourceError("transport closed during send")
                     try:
                         await trio.lowlevel.wait_writable(self._sock)
                     except trio.ClosedResourceError:
-                        raise LocalProtocolError("transport closed during send") from None
+                        raise trio.ClosedResourceError("transport closed during send") from None
                     if self._closed:
-                        raise LocalProtocolError("transport closed during send")
+                        raise trio.ClosedResourceError("transport closed during send")
                     try:
                         self._sock.sendto(data, addr)
                     except BlockingIOError:
@@ -353,18 +354,19 @@ class UDPTransport(AsyncClosing):
         return f"<UDPTransport {self._local_address[0]!r}:{self._local_address[1]} {state}>"
 
 
-async def open_udp_transport(
+def open_udp_transport(
     host: str,
     port: int = 0,
     *,
     recv_buffer: int | None = DEFAULT_RECV_BUFFER,
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
     namespace: str | None = None,
-) -> UDPTransport:
-    """Bind a UDP socket and wrap it in a :class:`UDPTransport`.
+) -> Opening[UDPTransport]:
+    """Bind a UDP socket and wrap it in a :class:`UDPTransport`:
+    ``async with open_udp_transport(...) as t`` (closed at the end of the block), or
+    ``t = await open_udp_transport(...)`` (the caller closes it).
 
-    The socket is bound before this returns, so ``local_address`` holds the real port. Use
-    the result as an async context manager: ``async with await open_udp_transport(...) as t``.
+    The socket is bound when the block is entered, so ``local_address`` holds the real port.
 
     Args:
         host: the address to bind; its family (IPv4 or IPv6) is the transport's. A name is
@@ -388,6 +390,16 @@ async def open_udp_transport(
         LocalProtocolError: a bad port, buffer size or timeout, or a host that does not resolve.
         OSError: the bind failed (address in use, address not local), or no such namespace.
     """
+    return Opening(functools.partial(_open_udp, host, port, recv_buffer, send_timeout, namespace))
+
+
+async def _open_udp(
+    host: str,
+    port: int,
+    recv_buffer: int | None,
+    send_timeout: float,
+    namespace: str | None,
+) -> UDPTransport:
     if not (isinstance(port, int) and 0 <= port <= 65535):
         raise LocalProtocolError(f"port must be in 0..65535: {port!r}")
     if recv_buffer is not None and not (isinstance(recv_buffer, int) and recv_buffer > 0):
