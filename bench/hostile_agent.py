@@ -78,7 +78,13 @@ WARMUP_BAD = 2000
 class AgentProcess:
     """A ``gossip agent`` subprocess and a thread that reads its stdout lines."""
 
-    def __init__(self, peers: Sequence[Address], key_file: Path, stats_interval: float) -> None:
+    def __init__(
+        self,
+        peers: Sequence[Address],
+        key_file: Path,
+        stats_interval: float,
+        extra: Sequence[str] = (),
+    ) -> None:
         peer_list = ",".join(f"{h}:{p}" for h, p in peers)
         self.proc = subprocess.Popen(
             [
@@ -94,6 +100,7 @@ class AgentProcess:
                 str(key_file),
                 "--stats-interval",
                 str(stats_interval),
+                *extra,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -1,4 +1,5 @@
-"""Per-datagram CPU cost of the UDP transport on loopback, against the obvious trio design.
+"""Per-datagram CPU cost of the UDP and TCP transports on loopback, against the obvious trio
+design.
 
 Run: ``python -m bench.transport_cost [--runs 5] [--n 20000] [--size 512] [--burst 32]``.
 CPU time (``time.process_time``) per datagram, median of ``runs`` repeats, cases interleaved
@@ -9,6 +10,8 @@ of a busy node. Send and receive phases are timed apart.
 Cases:
     stdlib floor: non-blocking stdlib sockets, no event loop at all.
     UDPTransport: ``await transport.send`` / ``await transport.receive``.
+    TCPTransport: the same calls on the TCP transport (one connection, frames of the same
+        payload; the connection is made before the clock starts).
     trio.socket: ``await sock.sendto`` / ``await sock.recvfrom`` per datagram (the obvious
         design, a full scheduler trip per call).
 """
@@ -25,6 +28,7 @@ from collections.abc import Callable
 
 import trio
 
+from gossip.transport.tcp import open_tcp_transport
 from gossip.transport.udp import open_udp_transport
 
 #: (send seconds, receive seconds) for ``n`` datagrams.
@@ -83,6 +87,28 @@ async def _transport_case(n: int, size: int, burst: int) -> Timing:
     return send_time, receive_time
 
 
+async def _tcp_case(n: int, size: int, burst: int) -> Timing:
+    payload = os.urandom(size)
+    async with open_tcp_transport("127.0.0.1") as tx, open_tcp_transport("127.0.0.1") as rx:
+        dst = rx.local_address
+        await tx.send(payload, dst)  # dial outside the measurement
+        await rx.receive()
+        send, receive = tx.send, rx.receive
+        send_time = receive_time = 0.0
+        for _ in range(n // burst):
+            t0 = time.process_time()
+            for _ in range(burst):
+                await send(payload, dst)
+            t1 = time.process_time()
+            for _ in range(burst):
+                await receive()
+            t2 = time.process_time()
+            send_time += t1 - t0
+            receive_time += t2 - t1
+        assert rx.statistics().datagrams_received == n // burst * burst + 1
+    return send_time, receive_time
+
+
 async def _trio_socket_case(n: int, size: int, burst: int) -> Timing:
     payload = os.urandom(size)
     with (
@@ -108,6 +134,7 @@ async def _trio_socket_case(n: int, size: int, burst: int) -> Timing:
 CASES: dict[str, Callable[[int, int, int], Timing]] = {
     "stdlib floor (no event loop)": stdlib_case,
     "UDPTransport send + receive": lambda *a: trio.run(_transport_case, *a),
+    "TCPTransport send + receive": lambda *a: trio.run(_tcp_case, *a),
     "trio.socket await sendto + recvfrom": lambda *a: trio.run(_trio_socket_case, *a),
 }
 

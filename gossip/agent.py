@@ -4,7 +4,7 @@ Usage (flags and output are a stable interface: scripts depend on them)::
 
     gossip agent --bind HOST:PORT --peers HOST:PORT[,HOST:PORT...] [--peers ...]
                  [--profile native|go-gossip] [--key-file PATH | --passphrase-file PATH]
-                 [--fanout N] [--transport udp|ebpf [--interface IF]]
+                 [--fanout N] [--transport udp|ebpf|tcp [--interface IF]]
                  [--stats-interval SECONDS] [--delivery wait|drop]
                  [--push-window N] [--recv-buffer BYTES]
 
@@ -36,7 +36,9 @@ Usage (flags and output are a stable interface: scripts depend on them)::
     sends each fan-out with one ``sendto()``. Native profile only. When the cloner cannot
     run there (no privileges, no object, no such interface...), the agent says why on stderr
     and falls back to plain UDP; it does not fail. Fan-outs the cloner cannot serve at run
-    time are counted in the stats line's ``transport.fallbacks``.
+    time are counted in the stats line's ``transport.fallbacks``. ``tcp``: the same sealed
+    packets on TCP streams (``gossip/transport/tcp.py``, default limits), listening on the
+    ``--bind`` address; the peers must run ``--transport tcp`` too. Native profile only.
 ``--stats-interval``
     Print a ``stats`` line every this many seconds, and a last one at shutdown.
 ``--delivery``
@@ -120,6 +122,7 @@ from gossip.errors import LocalProtocolError
 from gossip.node import Delivery, Gossiper, Message, open_gossiper
 from gossip.protocol import GossipConfig
 from gossip.transport.base import Address, Transport
+from gossip.transport.tcp import open_tcp_transport
 from gossip.transport.udp import DEFAULT_RECV_BUFFER, open_udp_transport
 
 __all__ = [
@@ -147,8 +150,8 @@ GO_GOSSIP_GRACE_ROUNDS: Final = 5
 
 #: ``--profile``: the native push-pull protocol or the go-gossip compatibility profile.
 Profile = Literal["native", "go-gossip"]
-#: ``--transport``: plain UDP or the eBPF cloner.
-TransportKind = Literal["udp", "ebpf"]
+#: ``--transport``: plain UDP, the eBPF cloner, or TCP streams.
+TransportKind = Literal["udp", "ebpf", "tcp"]
 
 
 @attrs.frozen
@@ -168,7 +171,8 @@ class AgentOptions:
         recv_buffer: UDP receive buffer to ask for, in bytes.
         profile: ``"native"`` or ``"go-gossip"``.
         cipher: go-gossip's legacy cipher (go-gossip profile); ``None`` for plaintext.
-        transport: ``"udp"`` or ``"ebpf"`` (native profile only; needs ``interface``).
+        transport: ``"udp"``, ``"ebpf"`` (needs ``interface``) or ``"tcp"``; the last two
+            for the native profile only.
         interface: the network interface of the eBPF cloner.
 
     Raises:
@@ -194,7 +198,7 @@ class AgentOptions:
     def __attrs_post_init__(self) -> None:
         if self.profile not in ("native", "go-gossip"):
             raise LocalProtocolError(f"unknown profile {self.profile!r}")
-        if self.transport not in ("udp", "ebpf"):
+        if self.transport not in ("udp", "ebpf", "tcp"):
             raise LocalProtocolError(f"unknown transport {self.transport!r}")
         if self.profile == "go-gossip" and self.keyring is not None:
             raise LocalProtocolError(
@@ -204,8 +208,8 @@ class AgentOptions:
             raise LocalProtocolError(
                 "--passphrase-file is for --profile go-gossip; a native cluster uses --key-file"
             )
-        if self.transport == "ebpf" and self.profile != "native":
-            raise LocalProtocolError("--transport ebpf is for the native profile only")
+        if self.transport != "udp" and self.profile != "native":
+            raise LocalProtocolError(f"--transport {self.transport} is for the native profile only")
         if self.transport == "ebpf" and not self.interface:
             raise LocalProtocolError("--transport ebpf needs --interface IF")
         if self.transport != "ebpf" and self.interface is not None:
@@ -468,6 +472,8 @@ async def _open_transport(options: AgentOptions, stack: contextlib.AsyncExitStac
         OSError: the address cannot be bound.
     """
     host, port = options.bind
+    if options.transport == "tcp":
+        return await stack.enter_async_context(open_tcp_transport(host, port))
     if options.transport == "ebpf":
         # Imported here: the eBPF module pulls in ctypes loaders nobody else needs.
         from gossip.transport.ebpf import open_ebpf_transport, probe  # noqa: PLC0415

@@ -107,8 +107,8 @@ def _agent(args: argparse.Namespace) -> int:
         parser.error(
             "--passphrase-file needs --profile go-gossip; the native profile uses --key-file"
         )
-    if args.transport == "ebpf" and go:
-        parser.error("--transport ebpf is for the native profile only")
+    if args.transport != "udp" and go:
+        parser.error(f"--transport {args.transport} is for the native profile only")
     if args.transport == "ebpf" and args.interface is None:
         parser.error("--transport ebpf needs --interface IF")
     if args.transport != "ebpf" and args.interface is not None:
@@ -228,10 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--transport",
-        choices=("udp", "ebpf"),
+        choices=("udp", "ebpf", "tcp"),
         default="udp",
-        help="udp (default) or the eBPF cloner on --interface (native profile; falls back "
-        "to udp when it cannot run)",
+        help="udp (default), the eBPF cloner on --interface (native profile; falls back "
+        "to udp when it cannot run), or tcp streams (native profile)",
     )
     p.add_argument("--interface", metavar="IF", help="interface of the eBPF cloner")
     p.add_argument(

@@ -255,6 +255,43 @@ async def test_ipv6_loopback() -> None:
             assert [status for status, _ in [await a.finish() for a in agents]] == [0, 0]
 
 
+def free_tcp_ports(n: int) -> list[int]:
+    """``n`` TCP ports on 127.0.0.1 that were free a moment ago (distinct)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+async def test_lines_spread_over_tcp(tmp_path: Path) -> None:
+    addresses = [f"127.0.0.1:{port}" for port in free_tcp_ports(3)]
+    write_key_file(tmp_path / "cluster.key")
+    extra = ["--transport", "tcp", "--key-file", str(tmp_path / "cluster.key")]
+    with trio.fail_after(TIMEOUT):
+        async with open_agents(addresses, *extra, "--stats-interval", "10") as agents:
+            await agents[0].send("over tcp")
+            for agent in agents[1:]:
+                while (line := await agent.read_json())["event"] != "message":
+                    pass
+                check_message(line, "over tcp", addresses)
+            for agent in agents:
+                await agent.close_stdin()
+            results = [await agent.finish() for agent in agents]
+    for status, rest in results:
+        assert status == 0
+        assert [line["event"] for line in rest][-1:] == ["stats"]
+        transport = rest[-1]["transport"]
+        assert transport["dialed"] >= 1
+        assert transport["accepted"] >= 1
+        # Agents exit one after another (peer_closed, connect_failed); no stream was bad.
+        bad = ("bad_hello", "oversized", "truncated", "hello_timeout", "frame_timeout")
+        assert [transport["closed"][reason] for reason in bad] == [0] * len(bad)
+
+
 async def test_bind_failure_exits_1() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
@@ -314,6 +351,13 @@ def _bad_key_file(tmp_path: Path) -> str:
         (["--bind", "127.0.0.1:0", "--peers", "127.0.0.1:1", "--key-file", "/nonexistent"], "key"),
         (["--bind", "127.0.0.1:0", "--peers", "127.0.0.1:1", "--key-file", "BAD"], "chmod 600"),
         (["--bind", "127.0.0.1:0", "--peers", "127.0.0.1:1", "--bogus"], "unrecognized"),
+        (
+            [
+                *("--bind", "127.0.0.1:0", "--peers", "127.0.0.1:1"),
+                *("--profile", "go-gossip", "--transport", "tcp"),
+            ],
+            "native profile only",
+        ),
     ],
 )
 def test_bad_arguments_exit_2(

@@ -18,10 +18,12 @@ from bench import (
     burst,
     dissemination,
     hostile_agent,
+    hostile_tcp,
     memory_bound,
     memory_cluster,
     relay_cost,
 )
+from gossip.transport.tcp import DEFAULT_MAX_INBOUND
 
 
 def test_dissemination_smoke(capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,6 +54,28 @@ def test_hostile_agent_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert report.kernel_drops == 0
     assert report.agent_exit == 0
     assert "counted in all" in capsys.readouterr().out
+
+
+def test_hostile_tcp_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    # ~16 s: the slowest slowloris waits out the agent's 10 s frame timeout, the flood its
+    # 5 s hello timeout.
+    flood = str(DEFAULT_MAX_INBOUND + 4)
+    report = hostile_tcp.main(
+        [
+            *("--bad", "300", "--legit", "5", "--warmup", "5"),
+            *("--slowloris", "3", "--flood", flood, "--concurrency", "4"),
+        ]
+    )
+    tally = report.tally
+    assert report.counted == report.expected
+    assert all(report.expected[r] > 0 for r in (*hostile_tcp.BAD_REASONS, "refused"))
+    assert sum(tally.streams.values()) == 150
+    assert set(tally.slowloris) == set(hostile_tcp.SLOWLORIS_KINDS)
+    assert not tally.unclosed
+    assert report.frames_counted == tally.frames == 150
+    assert report.legit_delivered == report.legit_pushed == 5
+    assert (report.dialed, report.inbound_open_after, report.agent_exit) == (1, 1, 0)
+    assert "counted as frame_timeout" in capsys.readouterr().out
 
 
 def test_memory_bound_smoke(capsys: pytest.CaptureFixture[str]) -> None:
