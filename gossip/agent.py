@@ -62,15 +62,16 @@ too large for one datagram is not published; a note goes to stderr.
 
 Output, stdout, one JSON object per line, written as soon as it is known::
 
-    {"event": "message", "key": "<hex>", "data": "<base64>", "origin": "<host:port>", "ts": <float>}
+    {"event": "message", "key": "<hex>", "data": "<base64>", "sender": "<host:port>", "ts": <float>}
     {"event": "stats", "ts": <float>, "address": "<host:port>", "engine": {...},
      "transport": {...}, "delivery_queued": <int>, "delivery_overflow": <int>,
      "push_waits": <int>}
 
 A ``message`` line is written once per message delivered to this node, never for the agent's
 own messages. ``key`` is the message id (16 bytes; 8 bytes, go-gossip's key, with
-``--profile go-gossip``), ``data`` the payload, ``origin`` the peer the
-message arrived from (the wire format does not name the publisher; IPv6 as ``[addr]:port``)
+``--profile go-gossip``), ``data`` the payload, ``sender`` the peer the
+message arrived from, the previous hop (the publisher's address is not on the wire: a
+message carries no origin; IPv6 as ``[addr]:port``)
 and ``ts`` the Unix time of arrival. In a ``stats`` line, ``engine`` and ``transport`` hold
 every counter of :class:`~gossip.protocol.EngineStatistics` (with ``--profile go-gossip``:
 :class:`~gossip.compat.GoGossipStatistics`) and
@@ -297,7 +298,7 @@ def format_message(message: Message) -> str:
             "event": "message",
             "key": message.key.hex(),
             "data": base64.b64encode(message.data).decode("ascii"),
-            "origin": None if message.origin is None else format_address(message.origin),
+            "sender": None if message.sender is None else format_address(message.sender),
             "ts": message.timestamp,
         }
     )

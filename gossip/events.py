@@ -28,13 +28,14 @@ class MessageDelivered:
     Attributes:
         key: the message's random id.
         data: the application payload.
-        origin: the peer this node received it from (``None`` for a local push).
+        sender: the peer this node received it from, the previous hop (``None`` for a local
+            push). Not the publisher: a message carries no origin address on the wire.
         at: protocol time (the engine's ``now``) of arrival.
     """
 
     key: bytes
     data: bytes
-    origin: Address | None
+    sender: Address | None
     at: float
 
 

@@ -81,16 +81,18 @@ class Message:
     """A message delivered to the application.
 
     Attributes:
-        key: the message's id (16 bytes; its first 6 bytes are the origin's clock in ms).
+        key: the message's id (16 bytes; its first 6 bytes are the publisher's clock in ms).
         data: the payload.
-        origin: the peer this node received it from.
+        sender: the peer this node received it from: the previous hop, not the publisher.
+            The publisher's address is not on the wire (a message carries no origin), so no
+            node can tell who published a message it relayed.
         at: arrival time on the trio clock.
         timestamp: arrival time as Unix time.
     """
 
     key: bytes
     data: bytes
-    origin: Address | None
+    sender: Address | None
     at: float
     timestamp: float
 
@@ -302,7 +304,7 @@ class Gossiper(Generic[E_co]):
             if type(event) is MessageDelivered:
                 if self._wait or len(queue) < self._capacity:
                     queue.append(
-                        Message(event.key, event.data, event.origin, event.at, event.at + offset)
+                        Message(event.key, event.data, event.sender, event.at, event.at + offset)
                     )
                 else:
                     self._overflow += 1

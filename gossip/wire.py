@@ -17,7 +17,7 @@ label covered by the MAC). Bodies::
     PullRequest  0x04   key (16) * n, n >= 1
     PullResponse 0x05   key (16) | data
 
-A message key is 16 bytes: the origin's clock in milliseconds (6 bytes) and 80 random bits from
+A message key is 16 bytes: the publisher's clock in milliseconds (6 bytes) and 80 random bits from
 :mod:`secrets`. The random part makes keys unpredictable (go-gossip's time-seeded keys were not)
 and unique (two keys collide only if made in the same millisecond *and* their 80 random bits
 match). The time part gives every message an age that every node can read, so nodes refuse,
@@ -184,7 +184,7 @@ def new_message_key(timestamp_ms: int | None = None) -> bytes:
 
 
 def key_timestamp_ms(key: bytes) -> int:
-    """The origin's clock, in ms since the epoch, when the message with ``key`` was made."""
+    """The publisher's clock, in ms since the epoch, when the message with ``key`` was made."""
     return int.from_bytes(key[:6], "big")
 
 

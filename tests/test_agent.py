@@ -139,11 +139,11 @@ def loopback(n: int) -> list[str]:
 
 
 def check_message(line: dict[str, Any], text: str, cluster: Sequence[str]) -> None:
-    assert list(line) == ["event", "key", "data", "origin", "ts"]  # stable key order
+    assert list(line) == ["event", "key", "data", "sender", "ts"]  # stable key order
     assert line["event"] == "message"
     assert base64.b64decode(line["data"], validate=True) == text.encode("utf-8")
     assert len(bytes.fromhex(line["key"])) == 16
-    assert line["origin"] in cluster
+    assert line["sender"] in cluster
     assert abs(line["ts"] - time.time()) < 30
 
 

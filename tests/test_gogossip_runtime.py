@@ -141,8 +141,8 @@ async def test_two_profile_nodes_exchange_messages(
             got_a = await a.receive()
             # Pull-only: each message arrives with the other node's first PullRequest round.
             assert trio.current_time() - start == pytest.approx(PULL_INTERVAL)
-            assert (got_b.key, got_b.data, got_b.origin) == (key_a, b"from a", a.local_address)
-            assert (got_a.key, got_a.data, got_a.origin) == (key_b, b"from b", b.local_address)
+            assert (got_b.key, got_b.data, got_b.sender) == (key_a, b"from a", a.local_address)
+            assert (got_a.key, got_a.data, got_a.sender) == (key_b, b"from b", b.local_address)
             assert len(key_a) == len(key_b) == 8
             # Five more rounds (ending between two): nothing is delivered again.
             await trio.sleep(5.5 * PULL_INTERVAL)
@@ -194,21 +194,21 @@ async def test_agent_go_gossip_profile(tmp_path: Path) -> None:
             assert b"go-gossip profile" in agents[0].stderr
             await agents[0].send("hello, go ✓")
             line = await agents[1].read_json()
-            check_message_go(line, "hello, go ✓", origin=addresses[0])
+            check_message_go(line, "hello, go ✓", sender=addresses[0])
             await agents[1].send("and back")
-            check_message_go(await agents[0].read_json(), "and back", origin=addresses[1])
+            check_message_go(await agents[0].read_json(), "and back", sender=addresses[1])
             for agent in agents:
                 await agent.close_stdin()
             results = [await agent.finish() for agent in agents]
     assert results == [(0, []), (0, [])]  # nothing delivered twice
 
 
-def check_message_go(line: dict[str, Any], text: str, *, origin: str) -> None:
-    assert list(line) == ["event", "key", "data", "origin", "ts"]  # the agent's contract
+def check_message_go(line: dict[str, Any], text: str, *, sender: str) -> None:
+    assert list(line) == ["event", "key", "data", "sender", "ts"]  # the agent's contract
     assert line["event"] == "message"
     assert len(bytes.fromhex(line["key"])) == 8  # go-gossip's key
     assert base64.b64decode(line["data"], validate=True) == text.encode()
-    assert line["origin"] == origin
+    assert line["sender"] == sender
 
 
 async def test_agent_go_gossip_interoperates_with_library_node() -> None:
@@ -224,7 +224,7 @@ async def test_agent_go_gossip_interoperates_with_library_node() -> None:
                 discovery.set_peers([node.local_address, (host, int(port))])
                 key = await node.push(b"from the library")
                 line = await agent.read_json()
-                check_message_go(line, "from the library", origin=ours)
+                check_message_go(line, "from the library", sender=ours)
                 assert bytes.fromhex(line["key"]) == key
                 await agent.send("from the agent")
                 message = await node.receive()
@@ -562,17 +562,17 @@ async def test_bridge_command_between_two_agents() -> None:
                 relay = await bridge.read_json()
                 assert relay["event"] == "relay"
                 assert relay["direction"] == "native->go"
-                assert relay["origin"] == native_agent
+                assert relay["sender"] == native_agent
                 assert len(bytes.fromhex(relay["key"])) == 16
                 assert bytes.fromhex(relay["relayed_key"]) == go_key_for(
                     bytes.fromhex(relay["key"])
                 )
                 line = await go.read_json()
-                check_message_go(line, "native says hi", origin=go_side)
+                check_message_go(line, "native says hi", sender=go_side)
                 assert line["key"] == relay["relayed_key"]
                 await go.send("go says hi")
                 relay = await bridge.read_json()
-                assert (relay["direction"], relay["origin"]) == ("go->native", go_agent)
+                assert (relay["direction"], relay["sender"]) == ("go->native", go_agent)
                 check_message(await native.read_json(), "go says hi", [native_side])
                 process.send_signal(signal.SIGTERM)
                 status, rest = await bridge.finish()

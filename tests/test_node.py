@@ -83,7 +83,7 @@ async def test_cluster_under_loss_delivers_everything_once(
             for i, received in enumerate(got):
                 if i != origin:
                     assert received[key].data == data
-                    assert received[key].origin in [t.local_address for t in transports]
+                    assert received[key].sender in [t.local_address for t in transports]
 
     await run_cluster(transports, body, key=generate_key() if encrypted else None)
 

@@ -394,4 +394,4 @@ class GoGossipEngine:
                 continue
             self._remember(key, value)
             self._count("messages_delivered")
-            self._events.append(MessageDelivered(key=key, data=value, origin=addr, at=now))
+            self._events.append(MessageDelivered(key=key, data=value, sender=addr, at=now))
