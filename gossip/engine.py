@@ -39,8 +39,12 @@ class EngineContext:
         codec: the node's one codec: its keyring and replay guard serve every engine.
         local_address: the node's address on its transport.
         discovery: where peers come from (``gossipiers()``).
-        rng: the node's randomness (seeded in tests and the simulator).
+        rng: the node's randomness for choices and jitter (seeded in tests and the simulator).
         now: the runtime's clock when the node starts.
+        key_rng: where random ids (message keys) come from: the application's seeded
+            ``random.Random`` (tests, the simulator), or ``None`` for :mod:`secrets`
+            (``gossip.wire.new_message_key(ms, context.key_rng)`` does either). Ids travel in
+            the clear: unpredictable ones keep a plain-text cluster from being pre-empted.
     """
 
     codec: Codec
@@ -48,6 +52,7 @@ class EngineContext:
     discovery: Discovery
     rng: random.Random
     now: float
+    key_rng: random.Random | None = None
 
 
 class Engine(Protocol[S_co]):

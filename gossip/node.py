@@ -461,7 +461,9 @@ async def open_gossiper(
         transport: the network; the caller keeps ownership (it is not closed here).
         config: protocol parameters (:class:`~gossip.protocol.GossipConfig`).
         keyring: cluster keys; ``None`` runs a plain-text cluster.
-        rng: randomness for peer choice and jitter; seed it for reproducible runs.
+        rng: randomness for peer choice, jitter and message keys; seed it for reproducible
+            runs (tests, simulations). ``None`` (for production): keys from :mod:`secrets`,
+            which keeps them unpredictable (see :func:`gossip.wire.new_message_key`).
         delivery_queue: messages buffered for the application (plus at most
             :data:`RECEIVE_BATCH`).
         delivery: what a full delivery queue does: ``"wait"`` (the default) stops taking new
@@ -475,7 +477,6 @@ async def open_gossiper(
     # Labels and keys carry wall-clock time; the engine runs on trio's clock (MockClock in tests).
     clock_offset = time.time() - trio.current_time()
     config = config or GossipConfig()
-    rng = rng or random.Random()
     # One codec for the node: every engine shares its keyring and its replay guard.
     codec = Codec(
         keyring,
@@ -490,7 +491,9 @@ async def open_gossiper(
     )
     now = trio.current_time()
     engine.start(now)
-    context = EngineContext(codec, transport.local_address, discovery, rng, now)
+    context = EngineContext(
+        codec, transport.local_address, discovery, rng or random.Random(), now, key_rng=rng
+    )
     others = [make(context) for make in engines]
     async with run_engine(
         engine,

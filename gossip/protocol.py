@@ -303,7 +303,10 @@ class GossipEngine:
         local_address: this node's address, never chosen as a peer.
         config: protocol parameters.
         keyring: cluster keys; ``None`` for a plain-text cluster.
-        rng: the only source of randomness (peer choice, jitter): seed it for determinism.
+        rng: the only source of randomness (peer choice, jitter, the random bits of message
+            keys): seed it for determinism. ``None``: a fresh ``random.Random`` for peer choice
+            and jitter, and :mod:`secrets` for the keys (unpredictable keys keep a plain-text
+            cluster's messages from being pre-empted; see :func:`gossip.wire.new_message_key`).
         clock_offset: ``now + clock_offset`` is Unix time; lets the runtime pass a monotonic
             clock while labels and message keys carry wall-clock time.
     """
@@ -323,6 +326,8 @@ class GossipEngine:
         self.discovery = discovery
         self.local_address = local_address
         self._rng = rng or random.Random()
+        # Message keys from the injected rng (a seeded run makes the same keys), else secrets.
+        self._key_rng = rng
         if codec is None:
             codec = Codec(
                 keyring,
@@ -521,7 +526,7 @@ class GossipEngine:
                 f"payload of {len(data)} bytes exceeds {limit} bytes, the most a "
                 f"{self.config.max_datagram}-byte datagram carries"
             )
-        key = new_message_key(self._now_ms(now))
+        key = new_message_key(self._now_ms(now), self._key_rng)
         self._remember(key, key_timestamp_ms(key), now)
         self._cache_put(key, data, now)
         self._n_pushed += 1

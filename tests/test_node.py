@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -17,6 +18,7 @@ from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.base import Transport
 from gossip.transport.memory import LinkConditions, MemoryNetwork
 from gossip.transport.udp import open_udp_transport
+from gossip.wire import key_timestamp_ms
 
 
 async def run_cluster(
@@ -212,6 +214,28 @@ async def test_an_exception_in_the_block_comes_out_as_itself(
     with pytest.raises(_Boom):  # not an ExceptionGroup holding it
         async with open_gossiper(StaticDiscovery([]), net.open_transport()):
             raise _Boom
+
+
+async def test_message_keys_follow_the_seed_and_the_runtime_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With a seeded rng the random part of the keys repeats from run to run; the time part is
+    the runtime's clock as Unix time. Without one, the random parts differ."""
+
+    async def push_three(rng: random.Random | None) -> list[bytes]:
+        transport = MemoryNetwork().open_transport()
+        started = time.time()
+        async with open_gossiper(StaticDiscovery([]), transport, rng=rng) as g:
+            await trio.sleep(1.5)  # virtual: the keys say 1.5 s after the start, Unix time
+            keys = [await g.push(b"%d" % i) for i in range(3)]
+        for key in keys:
+            assert abs(key_timestamp_ms(key) - (started + 1.5) * 1000) < 500
+        return keys
+
+    first = await push_three(random.Random(9))
+    again = await push_three(random.Random(9))
+    assert [k[6:] for k in first] == [k[6:] for k in again]
+    assert [k[6:] for k in await push_three(None)] != [k[6:] for k in first]
 
 
 async def test_statistics_and_oversize_push(autojump_clock: trio.testing.MockClock) -> None:

@@ -20,6 +20,7 @@ from gossip.wire import (
     PullSync,
     PushAck,
     PushMessage,
+    key_timestamp_ms,
     new_message_key,
 )
 
@@ -216,6 +217,33 @@ def test_go_flaw_13_peer_choice_is_uniform_over_the_whole_list(ring: bool) -> No
     expected = pushes * (1 if ring else 3) / len(counts)
     assert max(counts.values()) < 1.3 * expected
     assert min(counts.values()) > 0.7 * expected
+
+
+def test_message_keys_come_from_the_injected_rng_and_the_runtime_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A seeded engine makes the same keys at the same protocol time (tests, the simulator);
+    their time part is ``now + clock_offset``. Without an rng the bits come from secrets."""
+
+    def keys(rng: random.Random | None) -> list[bytes]:
+        engine = GossipEngine(StaticDiscovery([addr(1)]), addr(0), rng=rng, clock_offset=EPOCH)
+        return [engine.push(b"%d" % i, 2.5) for i in range(3)]
+
+    seeded = keys(random.Random(3))
+    assert seeded == keys(random.Random(3))
+    assert seeded != keys(random.Random(4))
+    assert len(set(seeded)) == 3
+    assert {key_timestamp_ms(k) for k in seeded} == {int((2.5 + EPOCH) * 1000)}
+    drawn: list[int] = []
+
+    def randbits(k: int) -> int:
+        drawn.append(k)
+        return 0xABCDEF
+
+    monkeypatch.setattr("gossip.wire.secrets.randbits", randbits)
+    unseeded = keys(None)
+    assert drawn == [80, 80, 80]
+    assert unseeded[0][6:] == (0xABCDEF).to_bytes(10, "big")
 
 
 def test_ring_neighbours_follow_sorted_addresses_and_discovery_changes() -> None:

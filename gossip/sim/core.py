@@ -7,11 +7,13 @@ push) it flushes the engine's datagrams into the heap, reads its events, and ask
 heap entry, and one event per anti-entropy interval.
 
 Determinism: one master seed makes the network's ``random.Random`` and one per engine (peer
-choice, sync jitter), and the choice of crashed nodes, late joiners, partition sides and message
-origins. Ties in the heap break by a sequence number; no set or hash order is ever iterated.
-Message keys still carry 80 bits from :mod:`secrets` (``gossip.wire.new_message_key``), but
-keys never steer the engine (its tables are insertion-ordered), so a seed reproduces every
-number of a run bit for bit; only the key bytes differ.
+choice, sync jitter, the random bits of message keys), and the choice of crashed nodes, late
+joiners, partition sides and message origins; the engines' clock is the virtual one (keys and
+labels carry virtual milliseconds), and an ``encrypted`` run draws its IVs from a generator
+seeded by the same seed. Ties in the heap break by a sequence number; no set or hash order is
+ever iterated. So a seed reproduces a run bit for bit, every datagram's bytes included:
+:attr:`SimResult.trace` is a SHA-256 over every event of the run (each arrival with its
+datagram, each timer, each start and push with its key), equal for equal seeds.
 
 Hop counts stay outside the engine and the wire: a node's copy of a message has hop
 ``h(sender) + 1``, where the sender is the source of the datagram that delivered it (the
@@ -20,10 +22,12 @@ origin has hop 0). The sender held its copy when it sent, so its hop is already 
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 import random
 import resource
+import struct
 import time
 from array import array
 from collections.abc import Callable, Sequence
@@ -61,6 +65,12 @@ FRACTIONS: Final = (("50", 0.5), ("90", 0.9), ("99", 0.99), ("99.99", 0.9999), (
 PACKET_TYPES: Final = ("push", "ack", "sync", "request", "response", "digest")
 _TYPE_OF_BYTE: Final = (0, 0, 1, 2, 3, 4)  # label type byte 1..5 -> index in PACKET_TYPES
 _DIGEST: Final = 5
+#: One record of the event log hashed into :attr:`SimResult.trace`: time, node, source (a
+#: node index, or one of the negative tags below), followed by the datagram or key if any.
+_RECORD: Final = struct.Struct("<dii")
+_TIMER: Final = -1
+_START: Final = -2
+_PUSH: Final = -3
 _PULL_SYNC_BYTE: Final = 3
 _PULL_RESPONSE_BYTE: Final = 5
 
@@ -198,6 +208,7 @@ class MessageOutcome:
 
     Attributes:
         origin: index of the node that pushed it.
+        key: its message key (the same for the same seed).
         pushed_at: virtual time of the push.
         expected: live nodes (the origin included) that should get it.
         delivered: how many of them got it (the origin included).
@@ -209,6 +220,7 @@ class MessageOutcome:
     """
 
     origin: int
+    key: bytes
     pushed_at: float
     expected: int
     delivered: int
@@ -231,6 +243,9 @@ class SimResult:
     scenario: Scenario
     live_nodes: int
     messages: list[MessageOutcome]
+    #: Hex SHA-256 of the run's event log: every heap event (arrival with its datagram bytes,
+    #: timer), start and push (with the message key), in order. Equal seeds, equal traces.
+    trace: str
     sent: dict[str, int]
     bytes_sent: dict[str, int]
     window: float
@@ -348,11 +363,19 @@ class Simulation:
             self.side[i] = 1
         self.origins = [on_time[master.randrange(len(on_time))] for _ in range(sc.messages)]
         self.push_at = [sc.start + m * sc.interval for m in range(sc.messages)]
+        #: Each message's key, once pushed.
+        self.keys: list[bytes] = [b""] * sc.messages
 
         self.addrs = peers = _PeerTable(node_address(i) for i in range(n))
         peers.positions = {a: i for i, a in enumerate(peers)}
         discovery = _SharedDiscovery(peers)
-        keyring = Keyring(SIM_KEY) if sc.encrypted else None
+        # Seeded IVs: a simulated run's bytes are reproducible too (never do this on a network).
+        # A string seed, not a draw from ``master``: encrypted runs make the plain runs' choices.
+        keyring = (
+            Keyring(SIM_KEY, random_bytes=random.Random(f"sim IVs {sc.seed}").randbytes)
+            if sc.encrypted
+            else None
+        )
         cfg = sc.config
         self.engines: list[GossipEngine] = []
         placeholder: GossipEngine | None = None
@@ -448,6 +471,9 @@ class Simulation:
         events = 0
         now = end = 0.0
         anti_entropy = False
+        trace = hashlib.sha256()
+        log = trace.update
+        record = _RECORD.pack
 
         while True:
             # ---- next event: control first on ties (a start precedes traffic at that time)
@@ -465,13 +491,17 @@ class Simulation:
                     state[node] = _LIVE
                     engine = engines[node]
                     engine.start(now)
+                    log(record(now, node, _START))
                 else:
                     if arg == sc.warmup:
                         snapshot = (list(sent), list(sent_bytes))
                     node = self.origins[arg]
                     engine = engines[node]
                     key = engine.push(payload, now)
+                    log(record(now, node, _PUSH))
+                    log(key)
                     msg_of[key] = arg
+                    self.keys[arg] = key
                     delivered_at[arg][node] = now
                     hop[arg][node] = 0
                     remaining[arg] -= 1
@@ -488,6 +518,7 @@ class Simulation:
                 if src < 0:
                     if timer_seq[node] != s:
                         continue  # superseded
+                    log(record(now, node, _TIMER))
                     timer_at[node] = -1.0
                     engine = engines[node]
                     # Will this firing run the anti-entropy round? (Read only to label its
@@ -497,6 +528,8 @@ class Simulation:
                     engine.handle_timer(now)
                     datagram = None
                 else:
+                    log(record(now, node, src))
+                    log(data)
                     st = state[node]
                     if st != _LIVE:
                         if st == _CRASHED:
@@ -559,7 +592,7 @@ class Simulation:
                 timer_at[node] = t2
                 seq += 1
                 timer_seq[node] = seq
-                heappush(heap, (t2 if t2 > now else now, seq, node, -1, b""))
+                heappush(heap, (t2 if t2 > now else now, seq, node, _TIMER, b""))
 
         dropped.update(loss=n_loss, partition=n_part, offline=n_offline, crashed=n_crashed)
         if snapshot is None:  # cannot happen: the measured pushes precede stop_at
@@ -573,6 +606,7 @@ class Simulation:
             scenario=sc,
             live_nodes=self.live_nodes,
             messages=[self._outcome(m) for m in range(sc.messages)],
+            trace=trace.hexdigest(),
             sent=sent_d,
             bytes_sent=bytes_d,
             window=window,
@@ -605,6 +639,7 @@ class Simulation:
             histogram[h] += 1
         return MessageOutcome(
             origin=self.origins[m],
+            key=self.keys[m],
             pushed_at=self.push_at[m],
             expected=expected,
             delivered=len(times),
