@@ -112,6 +112,7 @@ from typing import Any, Final, Literal
 import attrs
 import trio
 
+from gossip.cli_io import format_address, node_stats, write_lines
 from gossip.compat.gogossip import PULL_INTERVAL
 from gossip.compat.legacy_cipher import LegacyGoGossipCipher
 from gossip.compat.runtime import open_go_gossiper
@@ -127,9 +128,7 @@ __all__ = [
     "AgentOptions",
     "Profile",
     "TransportKind",
-    "format_address",
     "format_message",
-    "parse_hostport",
     "resolve_addresses",
     "run_agent",
 ]
@@ -215,34 +214,6 @@ class AgentOptions:
             raise LocalProtocolError(f"unknown delivery mode {self.delivery!r}")
 
 
-def parse_hostport(text: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` or ``[IPV6]:PORT`` into ``(host, port)``; nothing is resolved.
-
-    Raises:
-        ValueError: with a message fit for the user.
-    """
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, port_text = text[1:].partition("]:")
-        if not sep or not host:
-            raise ValueError(f"{text!r}: expected [IPV6]:PORT")
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or not host:
-            raise ValueError(f"{text!r}: expected HOST:PORT")
-        if ":" in host:
-            raise ValueError(f"{text!r}: write IPv6 addresses in brackets, as [::1]:7946")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"{text!r}: the port must be a number in 0..65535")
-    return host, int(port_text)
-
-
-def format_address(addr: Address) -> str:
-    """``host:port``, or ``[host]:port`` for IPv6: the syntax :func:`parse_hostport` reads."""
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def resolve_addresses(
     bind: tuple[str, int], peers: Iterable[tuple[str, int]]
 ) -> tuple[Address, tuple[Address, ...]]:
@@ -321,15 +292,6 @@ def _read_chunk(fd: int) -> bytes:
         raise
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            select.select([], [fd], [])
-
-
 class _Agent:
     """The tasks of one agent around a running :class:`~gossip.node.Gossiper`."""
 
@@ -352,11 +314,8 @@ class _Agent:
         Raises:
             OSError: stdout is gone (``BrokenPipeError``: the reader closed it).
         """
-        if not lines:
-            return
-        data = "".join(line + "\n" for line in lines).encode("utf-8")
         async with self._write_lock:
-            await trio.to_thread.run_sync(_write_all, self._stdout_fd, data, abandon_on_cancel=True)
+            await write_lines(self._stdout_fd, lines)
 
     async def print_messages(self) -> None:
         """Write every delivered message to stdout; stop the agent if stdout goes away."""
@@ -394,14 +353,7 @@ class _Agent:
 
     def stats_line(self) -> str:
         """The ``stats`` line for the current counters."""
-        return json.dumps(
-            {
-                "event": "stats",
-                "ts": time.time(),
-                "address": format_address(self.node.local_address),
-                **attrs.asdict(self.node.statistics()),
-            }
-        )
+        return json.dumps({"event": "stats", "ts": time.time(), **node_stats(self.node)})
 
     async def publish_stdin(self, fd: int) -> None:
         """Publish every line of ``fd``; at its end, linger for the last ACK round, then stop."""

@@ -79,7 +79,7 @@ import attrs
 import cachetools
 import trio
 
-from gossip.agent import _write_all, format_address
+from gossip.cli_io import format_address, node_stats, write_lines
 from gossip.compat.gogossip import GOSSIP_NUMBER, KEY_SIZE
 from gossip.compat.gogossip_engine import GoGossipEngine, GoGossipStatistics
 from gossip.compat.legacy_cipher import LegacyGoGossipCipher
@@ -432,10 +432,6 @@ def format_relay(relay: Relay) -> str:
     )
 
 
-def _node_stats(node: Gossiper[GossipEngine] | Gossiper[GoGossipEngine]) -> dict[str, object]:
-    return {"address": format_address(node.local_address), **attrs.asdict(node.statistics())}
-
-
 class _Output:
     """Relay and stats lines on their way to stdout, written from a worker thread."""
 
@@ -466,15 +462,13 @@ class _Output:
                 "relayed": stats.relayed,
                 "skipped": stats.skipped,
                 "lines_dropped": self.dropped,
-                "native": _node_stats(bridge.native),
-                "go": _node_stats(bridge.go),
+                "native": node_stats(bridge.native),
+                "go": node_stats(bridge.go),
             }
         )
 
     async def write(self, lines: list[str]) -> None:
-        if lines:
-            data = "".join(line + "\n" for line in lines).encode("utf-8")
-            await trio.to_thread.run_sync(_write_all, self.fd, data, abandon_on_cancel=True)
+        await write_lines(self.fd, lines)
 
     async def writer(self) -> None:
         try:

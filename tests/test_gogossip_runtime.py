@@ -26,8 +26,8 @@ import pytest
 import trio
 
 from gossip import cli
-from gossip.agent import format_address
 from gossip.bridge import Bridge, BridgeOptions, Relay, go_key_for, run_bridge
+from gossip.cli_io import format_address
 from gossip.compat import GoGossipEngine, LegacyGoGossipCipher, open_go_gossiper
 from gossip.compat.gogossip import PULL_INTERVAL
 from gossip.crypto import Keyring, generate_key
