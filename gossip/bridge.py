@@ -271,10 +271,8 @@ class Bridge:
             self._go_covered[go_key] = None
             return self._skip("already_bridged")
         try:
-            # The go-gossip engine's push sends nothing and arms no timer (pull-only), so
-            # calling it outside the runtime's pump loses nothing; Gossiper.push would draw
-            # a random key instead of the derived one.
-            self.go.engine.push(message.data, trio.current_time(), key=go_key)
+            # Never blocks: a go-gossip push only caches the message (peers pull it).
+            self.go.push_nowait(message.data, key=go_key)
         except LocalProtocolError:
             return self._skip("too_large")
         self._go_covered[go_key] = None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 import attrs
 
@@ -26,7 +26,7 @@ from gossip.events import Outgoing
 from gossip.transport.base import Address
 from gossip.wire import Codec
 
-__all__ = ["Engine", "EngineContext", "Publisher", "S_co"]
+__all__ = ["Engine", "EngineContext", "KeyedPublisher", "Publisher", "S_co"]
 
 S_co = TypeVar("S_co", covariant=True)
 
@@ -85,3 +85,18 @@ class Publisher(Engine[S_co], Protocol[S_co]):
 
     def push(self, data: bytes, now: float) -> bytes: ...
     def can_push(self, size: int, now: float) -> bool: ...
+
+
+@runtime_checkable
+class KeyedPublisher(Publisher[S_co], Protocol[S_co]):
+    """A publisher whose message keys the caller may choose: the go-gossip profile, whose
+    8-byte keys a bridge derives from native ids so that every bridge relays a message under
+    one key. ``Gossiper.push(data, key=...)`` reaches it; ``key=None`` draws a key as any
+    publisher does. (The broadcast engine is not one: its keys carry the publisher's clock.)"""
+
+    @property
+    def key_size(self) -> int:
+        """The length of a key, in bytes."""
+        ...
+
+    def push(self, data: bytes, now: float, *, key: bytes | None = None) -> bytes: ...

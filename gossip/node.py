@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar, overload
 
 import attrs
 import trio
@@ -41,7 +41,7 @@ import trio
 from gossip._trio import single_exception
 from gossip.crypto import Keyring, ReplayGuard
 from gossip.discovery.base import Discovery
-from gossip.engine import Engine, EngineContext, Publisher
+from gossip.engine import Engine, EngineContext, KeyedPublisher, Publisher
 from gossip.errors import LocalProtocolError
 from gossip.events import MessageDelivered, Outgoing
 from gossip.mux import Mux
@@ -158,43 +158,68 @@ class Gossiper(Generic[E_co]):
         """This node's address."""
         return self.transport.local_address
 
-    async def push(self, data: bytes) -> bytes:
+    # ``key=`` only type-checks on a node whose engine takes it (a KeyedPublisher).
+    @overload
+    async def push(self, data: bytes) -> bytes: ...
+    @overload
+    async def push(
+        self: Gossiper[KeyedPublisher[Any]], data: bytes, *, key: bytes | None = None
+    ) -> bytes: ...
+    async def push(self, data: bytes, *, key: bytes | None = None) -> bytes:
         """Publish ``data`` to the cluster; returns its message key. Waits while the node
         has ``push_window`` messages in their push round, or no cache room for one more
         message that a pull may still ask for: the cluster's pace, not the producer's.
 
+        ``key``: publish under this key, on a node whose engine lets the caller choose
+        (:class:`~gossip.engine.KeyedPublisher`: the go-gossip profile, where a bridge derives
+        keys); ``None`` draws one.
+
         Raises:
-            LocalProtocolError: the payload does not fit one datagram.
+            LocalProtocolError: the payload does not fit one datagram, or a ``key`` the
+                engine refuses (or an engine that draws its own keys).
             trio.ClosedResourceError: the node is closed (nothing was published).
             trio.BrokenResourceError: the node's transport failed.
         """
         self._check_open()
         engine = self.engine
+        if key is not None:
+            self._keyed()  # refuse before waiting
         if not engine.can_push(len(data), trio.current_time()):
             self._push_waits += 1
             while not engine.can_push(len(data), trio.current_time()):
                 with trio.move_on_after(_ROOM_POLL):
                     await self._pushers.park()
                 self._check_open()
-        key = engine.push(data, trio.current_time())
+        if key is None:
+            key = engine.push(data, trio.current_time())
+        else:
+            key = self._keyed().push(data, trio.current_time(), key=key)
         await self._flush()
         return key
 
-    def push_nowait(self, data: bytes) -> bytes:
+    @overload
+    def push_nowait(self, data: bytes) -> bytes: ...
+    @overload
+    def push_nowait(
+        self: Gossiper[KeyedPublisher[Any]], data: bytes, *, key: bytes | None = None
+    ) -> bytes: ...
+    def push_nowait(self, data: bytes, *, key: bytes | None = None) -> bytes:
         """Publish ``data`` now, or raise ``trio.WouldBlock`` where :meth:`push` would wait.
         The datagrams leave from a background task, right after the caller's next checkpoint.
+        ``key`` as for :meth:`push`.
 
         Raises:
             trio.WouldBlock: the window or the cache is full.
-            LocalProtocolError: the payload does not fit one datagram.
+            LocalProtocolError: as for :meth:`push`.
             trio.ClosedResourceError: the node is closed (nothing was published).
             trio.BrokenResourceError: the node's transport failed.
         """
         self._check_open()
         now = trio.current_time()
+        keyed = None if key is None else self._keyed()
         if not self.engine.can_push(len(data), now):
             raise trio.WouldBlock
-        key = self.engine.push(data, now)
+        key = self.engine.push(data, now) if keyed is None else keyed.push(data, now, key=key)
         self._flush_wanted.unpark()
         return key
 
@@ -249,6 +274,14 @@ class Gossiper(Generic[E_co]):
         self._subscribers.setdefault(event_type, []).append(callback)
 
     # ------------------------------------------------------------ the pump
+
+    def _keyed(self) -> KeyedPublisher[Any]:
+        engine = self.engine
+        if not isinstance(engine, KeyedPublisher):
+            raise LocalProtocolError(
+                f"{type(engine).__name__} draws its own message keys: push() takes no key="
+            )
+        return engine
 
     def _check_open(self) -> None:
         if self._broken is not None:

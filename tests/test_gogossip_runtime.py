@@ -32,6 +32,7 @@ from gossip.compat import GoGossipEngine, LegacyGoGossipCipher, open_go_gossiper
 from gossip.compat.gogossip import PULL_INTERVAL
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
+from gossip.errors import LocalProtocolError
 from gossip.keyfile import write_key_file
 from gossip.node import Gossiper, Message, open_gossiper
 from gossip.protocol import GossipConfig, GossipEngine
@@ -155,6 +156,29 @@ async def test_two_profile_nodes_exchange_messages(
                 assert stats.duplicates == 2 * 5
                 assert stats.dropped == {}
                 assert node.statistics().transport.send_errors == 0
+
+
+async def test_a_chosen_key_goes_through_the_runtime(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``push(data, key=K)`` on a go-gossip node (a KeyedPublisher; the bridge's way): the
+    message travels under K. A native node draws its own keys: refused, nothing published
+    (and mypy refuses the call, hence the ignore, which strict mode would flag if unused)."""
+    net = MemoryNetwork(seed=3)
+    with trio.fail_after(TIMEOUT):
+        async with go_cluster(2, net) as ((a, b), _), native_cluster(2, net) as ((n, _m), _):
+            assert await a.push(b"awaited", key=b"K" * 8) == b"K" * 8
+            assert a.push_nowait(b"at once", key=b"L" * 8) == b"L" * 8
+            got = {(await b.receive()).key, (await b.receive()).key}
+            assert got == {b"K" * 8, b"L" * 8}
+            with pytest.raises(LocalProtocolError, match="8 bytes"):
+                a.push_nowait(b"bad", key=b"short")
+            with pytest.raises(LocalProtocolError, match="draws its own message keys"):
+                await n.push(b"x", key=bytes(16))  # type: ignore[call-arg]
+            with pytest.raises(LocalProtocolError, match="draws its own message keys"):
+                n.push_nowait(b"x", key=bytes(16))  # type: ignore[call-arg]
+            assert n.statistics().engine.pushed == 0
+            assert a.statistics().engine.messages_pushed == 2
 
 
 async def test_encryption_mismatch_delivers_nothing(

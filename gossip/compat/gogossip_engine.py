@@ -316,6 +316,12 @@ class GoGossipEngine:
         return list(self._cache.items())
 
     @property
+    def key_size(self) -> int:
+        """Go's 8-byte keys; :meth:`push` takes one (``key=``), which makes the engine a
+        :class:`~gossip.engine.KeyedPublisher`."""
+        return KEY_SIZE
+
+    @property
     def packet_types(self) -> range:
         """Every type byte: go-gossip's datagrams have no label, so this engine runs alone."""
         return range(256)
