@@ -293,6 +293,8 @@ _TYPE_NAMES: Final = {
     PullRequest: "request",
     PullResponse: "response",
 }
+#: The Outgoing.kind of an anti-entropy round's PullSync (other PullSyncs are "sync").
+_DIGEST: Final = "digest"
 
 
 class GossipEngine:
@@ -403,7 +405,8 @@ class GossipEngine:
         self._n_received = 0
         self._n_sent = 0
         self._n_bytes_sent = 0
-        self._sent_by_type: dict[str, int] = dict.fromkeys(_TYPE_NAMES.values(), 0)
+        # By Outgoing.kind; statistics() counts anti-entropy digests under "sync" (a PullSync).
+        self._sent_by_type: dict[str, int] = dict.fromkeys((*_TYPE_NAMES.values(), _DIGEST), 0)
         self._n_pushed = 0
         self._n_delivered = 0
         self._n_duplicates = 0
@@ -455,7 +458,7 @@ class GossipEngine:
             datagrams_received=self._n_received,
             datagrams_sent=self._n_sent,
             bytes_sent=self._n_bytes_sent,
-            sent_by_type=dict(self._sent_by_type),
+            sent_by_type=self._sent_by_packet(),
             pushed=self._n_pushed,
             delivered=self._n_delivered,
             duplicates=self._n_duplicates,
@@ -475,6 +478,11 @@ class GossipEngine:
             in_flight=len(self._own),
             window=int(self._window),
         )
+
+    def _sent_by_packet(self) -> dict[str, int]:
+        sent = dict(self._sent_by_type)
+        sent["sync"] += sent.pop(_DIGEST)
+        return sent
 
     @property
     def packet_types(self) -> range:
@@ -791,12 +799,15 @@ class GossipEngine:
         for keys, peers in shared.items():
             self._pull_sync(keys, tuple(peers), now)
 
-    def _pull_sync(self, keys: Sequence[bytes], peers: tuple[Address, ...], now: float) -> None:
+    def _pull_sync(
+        self, keys: Sequence[bytes], peers: tuple[Address, ...], now: float, kind: str = "sync"
+    ) -> None:
         """Send ``peers`` digests of those ``keys`` still cached (one datagram per max_keys)."""
         live = [k for k in keys if k in self._cache]
         step = self.codec.max_keys()
         for i in range(0, len(live), step):
-            self._send(PullSync(tuple(live[i : i + step])), peers, now)
+            packet = PullSync(tuple(live[i : i + step]))
+            self._emit(self.codec.encode(packet, now), peers, kind)
             self._n_syncs += len(peers)
 
     def _anti_entropy(self, now: float) -> None:
@@ -805,7 +816,7 @@ class GossipEngine:
         digest = self._digest(now)
         if digest:
             for peer in self._choose(1, set()):
-                self._pull_sync(digest, (peer,), now)
+                self._pull_sync(digest, (peer,), now, _DIGEST)
 
     def _digest(self, now: float) -> list[bytes]:
         """Cached keys younger than the TTL, ``sync_max_datagrams`` datagrams of them, or
@@ -884,7 +895,7 @@ class GossipEngine:
         self._emit(self.codec.encode(packet, now), addrs, _TYPE_NAMES[type(packet)])
 
     def _emit(self, data: bytes, addrs: tuple[Address, ...], kind: str) -> None:
-        self._out.append(Outgoing(data, addrs))
+        self._out.append(Outgoing(data, addrs, kind))
         n = len(addrs)
         self._n_sent += n
         self._n_bytes_sent += n * len(data)

@@ -671,7 +671,7 @@ def test_pull_request_is_encrypted_with_the_legacy_cipher() -> None:
     engine = make_engine(B, passphrase="pass")
     engine.handle_timer(0.2)
     assert engine.datagrams_to_send() == [
-        Outgoing(bytes.fromhex("010144454a92c1dab9d3acf50ac49a17f51e"), (B,))
+        Outgoing(bytes.fromhex("010144454a92c1dab9d3acf50ac49a17f51e"), (B,), "request")
     ]
 
 

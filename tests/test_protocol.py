@@ -219,6 +219,22 @@ def test_go_flaw_13_peer_choice_is_uniform_over_the_whole_list(ring: bool) -> No
     assert min(counts.values()) > 0.7 * expected
 
 
+def test_every_datagram_says_what_it_is() -> None:
+    """``Outgoing.kind`` names the packet the engine built (a simulator or a tracer reads it,
+    not the wire); ``digest`` is the anti-entropy round's PullSync."""
+    h = Harness(6, encrypted=False)
+    h.push(0, b"a")
+    h.in_flight.clear()  # the push round is lost: its deadline brings the pull fallback
+    h.run(2.5)  # fallback, requests, responses and forwards; digests about every 1 s
+    h.push(1, b"b")
+    h.run(0.1)  # pushes and ACKs
+    type_byte = {"push": 1, "ack": 2, "sync": 3, "digest": 3, "request": 4, "response": 5}
+    assert {kind for kind, _ in h.sent_kinds} == set(type_byte)
+    assert all(type_byte[kind] == byte for kind, byte in h.sent_kinds)
+    sent = h.engines[0].statistics().sent_by_type
+    assert set(sent) == {"push", "ack", "sync", "request", "response"}  # digests are syncs
+
+
 def test_message_keys_come_from_the_injected_rng_and_the_runtime_clock(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -357,7 +357,7 @@ class GoGossipEngine:
             peers = self._rng.sample(peers, self._gossip_number)
         if not peers:
             return
-        self._outgoing.append(Outgoing(self._pull_datagram, tuple(peers)))
+        self._outgoing.append(Outgoing(self._pull_datagram, tuple(peers), "request"))
         self._count("pull_requests_sent", len(peers))
 
     def _on_pull_request(self, addr: Address, now: float) -> None:
@@ -379,7 +379,7 @@ class GoGossipEngine:
                 encode(chunk, self._cipher) for chunk in chunk_items(self._cache.items())
             )
         for datagram in self._answer:
-            self._outgoing.append(Outgoing(datagram, (addr,)))
+            self._outgoing.append(Outgoing(datagram, (addr,), "response"))
         self._count("requests_answered")
         self._count("response_datagrams_sent", len(self._answer))
 

@@ -38,7 +38,7 @@ import attrs
 from gossip.crypto import Keyring
 from gossip.discovery.base import Discovery
 from gossip.errors import LocalProtocolError
-from gossip.events import MessageDelivered, Outgoing
+from gossip.events import MessageDelivered
 from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.base import Address
 
@@ -59,20 +59,18 @@ __all__ = [
 #: Delivery fractions reported, as labels (percent) and values.
 FRACTIONS: Final = (("50", 0.5), ("90", 0.9), ("99", 0.99), ("99.99", 0.9999), ("100", 1.0))
 
-#: Counters of sent datagrams, by packet type (the label's type byte). ``digest`` is a
-#: ``PullSync`` of the periodic anti-entropy round; ``sync`` is the pull fallback of a push round
-#: without an ACK majority (to ``fanout + 2`` peers).
+#: Counters of sent datagrams, by the kind the engine gives each (``Outgoing.kind``). ``digest``
+#: is a ``PullSync`` of the periodic anti-entropy round; ``sync`` any other ``PullSync``: the
+#: pull fallback of a push round without an ACK majority (to ``fanout + 2`` peers), or a
+#: reverse sync.
 PACKET_TYPES: Final = ("push", "ack", "sync", "request", "response", "digest")
-_TYPE_OF_BYTE: Final = (0, 0, 1, 2, 3, 4)  # label type byte 1..5 -> index in PACKET_TYPES
-_DIGEST: Final = 5
+_INDEX: Final = {name: i for i, name in enumerate(PACKET_TYPES)}
 #: One record of the event log hashed into :attr:`SimResult.trace`: time, node, source (a
 #: node index, or one of the negative tags below), followed by the datagram or key if any.
 _RECORD: Final = struct.Struct("<dii")
 _TIMER: Final = -1
 _START: Final = -2
 _PUSH: Final = -3
-_PULL_SYNC_BYTE: Final = 3
-_PULL_RESPONSE_BYTE: Final = 5
 
 #: Cluster key of ``--encrypted`` runs (a fixed test key: the simulator measures behaviour).
 SIM_KEY: Final = bytes(range(32))
@@ -281,25 +279,6 @@ class SimResult:
         return out
 
 
-def _digest_start(outs: list[Outgoing]) -> int:
-    """Index of the first anti-entropy digest in the output of a timer firing that ran the
-    anti-entropy round: the engine emits that round last, as ``PullSync`` datagrams to one peer.
-    (A pull-fallback ``PullSync`` to that same peer right before them would be counted as a
-    digest: a ``5 / N`` chance per round, negligible.)"""
-    i = len(outs)
-    peer = None
-    while i > 0:
-        out = outs[i - 1]
-        if out.data[1] != _PULL_SYNC_BYTE or len(out.addrs) != 1:
-            break
-        if peer is None:
-            peer = out.addrs[0]
-        elif out.addrs[0] != peer:
-            break
-        i -= 1
-    return i
-
-
 class _PeerTable(tuple[Address, ...]):
     """The shared peer tuple with O(1) membership.
 
@@ -431,13 +410,13 @@ class Simulation:
 
         sent = [0] * len(PACKET_TYPES)
         sent_bytes = [0] * len(PACKET_TYPES)
-        type_of = _TYPE_OF_BYTE
+        index_of = _INDEX
         dropped = {"loss": 0, "partition": 0, "offline": 0, "crashed": 0}
         n_loss = n_part = n_offline = n_crashed = 0
 
-        # Heap entries: (time, seq, node, src, datagram). src >= 0: a datagram from node src;
-        # src == -1: node's engine timer (valid only while timer_seq[node] == seq).
-        heap: list[tuple[float, int, int, int, bytes]] = []
+        # Heap entries: (time, seq, node, src, datagram, its kind). src >= 0: a datagram from
+        # node src; src == _TIMER: node's engine timer (valid only while timer_seq[node] == seq).
+        heap: list[tuple[float, int, int, int, bytes, str]] = []
         seq = 0
         timer_at = [-1.0] * n
         timer_seq = [0] * n
@@ -470,7 +449,6 @@ class Simulation:
         payload = bytes(sc.payload)
         events = 0
         now = end = 0.0
-        anti_entropy = False
         trace = hashlib.sha256()
         log = trace.update
         record = _RECORD.pack
@@ -513,7 +491,7 @@ class Simulation:
                 if heap[0][0] > stop_at:
                     end = stop_at
                     break
-                now, s, node, src, data = heappop(heap)
+                now, s, node, src, data, kind_in = heappop(heap)
                 events += 1
                 if src < 0:
                     if timer_seq[node] != s:
@@ -521,10 +499,6 @@ class Simulation:
                     log(record(now, node, _TIMER))
                     timer_at[node] = -1.0
                     engine = engines[node]
-                    # Will this firing run the anti-entropy round? (Read only to label its
-                    # digests in the report; see _digest_start.)
-                    next_sync = getattr(engine, "_next_sync", None)
-                    anti_entropy = next_sync is not None and next_sync <= now
                     engine.handle_timer(now)
                     datagram = None
                 else:
@@ -544,14 +518,12 @@ class Simulation:
                     progress(total_done / total_expected, now, events)
 
             # ---- flush what the engine produced
-            outs = engine.datagrams_to_send()
-            first_digest = _digest_start(outs) if anti_entropy else len(outs)
-            anti_entropy = False
-            for j, out in enumerate(outs):
+            for out in engine.datagrams_to_send():
                 data = out.data
                 dst_addrs = out.addrs
+                what = out.kind
                 k = len(dst_addrs)
-                t = _DIGEST if j >= first_digest else type_of[data[1]]
+                t = index_of[what]
                 sent[t] += k
                 sent_bytes[t] += k * len(data)
                 for a in dst_addrs:
@@ -563,12 +535,12 @@ class Simulation:
                         n_loss += 1
                         continue
                     seq += 1
-                    heappush(heap, (now + lat_lo + lat_span * rng_random(), seq, dst, node, data))
+                    at = now + lat_lo + lat_span * rng_random()
+                    heappush(heap, (at, seq, dst, node, data, what))
                     if dup and rng_random() < dup:
                         seq += 1
-                        heappush(
-                            heap, (now + lat_lo + lat_span * rng_random(), seq, dst, node, data)
-                        )
+                        at = now + lat_lo + lat_span * rng_random()
+                        heappush(heap, (at, seq, dst, node, data, what))
             if datagram is not None:
                 for ev in engine.pop_events():
                     if type(ev) is MessageDelivered:
@@ -576,7 +548,7 @@ class Simulation:
                         if delivered_at[m][node] < 0:
                             delivered_at[m][node] = now
                             hop[m][node] = hop[m][src] + 1
-                            if datagram[1] == _PULL_RESPONSE_BYTE:
+                            if kind_in == "response":
                                 pulled[m] += 1
                             remaining[m] -= 1
                             total_done += 1
@@ -592,7 +564,7 @@ class Simulation:
                 timer_at[node] = t2
                 seq += 1
                 timer_seq[node] = seq
-                heappush(heap, (t2 if t2 > now else now, seq, node, _TIMER, b""))
+                heappush(heap, (t2 if t2 > now else now, seq, node, _TIMER, b"", ""))
 
         dropped.update(loss=n_loss, partition=n_part, offline=n_offline, crashed=n_crashed)
         if snapshot is None:  # cannot happen: the measured pushes precede stop_at
