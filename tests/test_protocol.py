@@ -382,8 +382,13 @@ def test_custom_discovery_subclass_is_consulted_every_time() -> None:
 
 
 def test_discovery_base_must_be_overridden() -> None:
+    class Forgot(Discovery):
+        pass
+
     with pytest.raises(NotImplementedError):
-        Discovery().gossipiers()
+        Forgot().gossipiers()  # type: ignore[abstract]  # mypy sees the missing override
+    with pytest.raises(TypeError):
+        Discovery()  # type: ignore[misc]  # a Protocol
     with pytest.raises(LocalProtocolError):
         StaticDiscovery([("10.0.0.1", 0)])
 
