@@ -107,20 +107,21 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import attrs
 import trio
 
 from gossip.cli_io import format_address, node_stats, write_lines
 from gossip.compat.gogossip import PULL_INTERVAL
+from gossip.compat.gogossip_engine import GoGossipEngine
 from gossip.compat.legacy_cipher import LegacyGoGossipCipher
 from gossip.compat.runtime import open_go_gossiper
 from gossip.crypto import Keyring
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
 from gossip.node import Delivery, Gossiper, Message, open_gossiper
-from gossip.protocol import GossipConfig
+from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.base import Address, Transport
 from gossip.transport.udp import DEFAULT_RECV_BUFFER, open_udp_transport
 
@@ -149,6 +150,8 @@ GO_GOSSIP_GRACE_ROUNDS: Final = 5
 Profile = Literal["native", "go-gossip"]
 #: ``--transport``: plain UDP or the eBPF cloner.
 TransportKind = Literal["udp", "ebpf"]
+#: The node of either profile: its statistics are typed per profile, down to the stats line.
+AgentNode = Gossiper[GossipEngine] | Gossiper[GoGossipEngine]
 
 
 @attrs.frozen
@@ -296,7 +299,7 @@ class _Agent:
     """The tasks of one agent around a running :class:`~gossip.node.Gossiper`."""
 
     def __init__(
-        self, node: Gossiper[Any], options: AgentOptions, stdout_fd: int, grace: float
+        self, node: AgentNode, options: AgentOptions, stdout_fd: int, grace: float
     ) -> None:
         self.node = node
         self.options = options
@@ -379,7 +382,8 @@ class _Agent:
             await self._publish(buffer)
         if self._last_push is not None:
             # Our last messages' push rounds first (bounded: each ends by its deadline).
-            while getattr(self.node.engine, "in_flight", 0):
+            engine = self.node.engine
+            while isinstance(engine, GossipEngine) and engine.in_flight:  # go-gossip: no rounds
                 await trio.sleep(0.01)
             await trio.sleep_until(max(self._last_push, trio.current_time()) + self._grace)
         self.stopped.set()
@@ -450,7 +454,7 @@ async def _open_transport(options: AgentOptions, stack: contextlib.AsyncExitStac
 
 async def _start_node(
     options: AgentOptions, transport: Transport, stack: contextlib.AsyncExitStack
-) -> tuple[Gossiper[Any], float, str]:
+) -> tuple[AgentNode, float, str]:
     """Start the node of ``options.profile`` on ``transport``.
 
     Returns:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import assert_type
 
 import pytest
 import trio
@@ -13,9 +14,9 @@ import trio.testing
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
-from gossip.node import Delivery, Gossiper, Message, open_gossiper
-from gossip.protocol import GossipConfig, GossipEngine
-from gossip.transport.base import Transport
+from gossip.node import Delivery, Gossiper, GossiperStatistics, Message, open_gossiper
+from gossip.protocol import EngineStatistics, GossipConfig, GossipEngine
+from gossip.transport.base import Transport, TransportStatistics
 from gossip.transport.memory import LinkConditions, MemoryNetwork
 from gossip.transport.udp import open_udp_transport
 from gossip.wire import key_timestamp_ms
@@ -246,6 +247,8 @@ async def test_statistics_and_oversize_push(autojump_clock: trio.testing.MockClo
         await nodes[0].push(b"x" * 100)
         await trio.sleep(1)
         stats = nodes[0].statistics()
+        assert_type(stats, GossiperStatistics[EngineStatistics])  # mypy: no Any on the way
+        assert_type(stats.transport, TransportStatistics)
         assert stats.engine.pushed == 1
         assert stats.engine.sent_by_type["push"] == 2
         assert stats.transport.datagrams_sent == stats.engine.datagrams_sent
