@@ -9,8 +9,11 @@ never read a clock: the runtime passes ``now`` in.
 Adding an engine: write a class with the methods of :class:`Engine`, build its packets with
 the shared codec (``context.codec.seal(ptype, body, now)``; read them with
 ``context.codec.open_untrusted(datagram, now)``: one keyring and one replay guard per node),
-and give ``open_gossiper`` a factory for it (``engines=[lambda ctx: MyEngine(ctx)]``). Its
-events reach the application through :meth:`gossip.node.Gossiper.subscribe`.
+hand them out as ``Outgoing(datagram, peers, kind)`` (``kind`` names the packet for
+simulators and tracers), draw randomness from ``context.rng`` and ids from
+``context.key_rng`` (so that a seeded node is reproducible), and give ``open_gossiper`` a
+factory for it (``engines=[lambda ctx: MyEngine(ctx)]``). Its events reach the application
+through :meth:`gossip.node.Gossiper.subscribe`.
 """
 
 from __future__ import annotations
