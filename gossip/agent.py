@@ -64,15 +64,16 @@ too large for one datagram is not published; a note goes to stderr.
 
 Output, stdout, one JSON object per line, written as soon as it is known::
 
-    {"event": "message", "key": "<hex>", "data": "<base64>", "origin": "<host:port>", "ts": <float>}
+    {"event": "message", "key": "<hex>", "data": "<base64>", "sender": "<host:port>", "ts": <float>}
     {"event": "stats", "ts": <float>, "address": "<host:port>", "engine": {...},
      "transport": {...}, "delivery_queued": <int>, "delivery_overflow": <int>,
      "push_waits": <int>}
 
 A ``message`` line is written once per message delivered to this node, never for the agent's
 own messages. ``key`` is the message id (16 bytes; 8 bytes, go-gossip's key, with
-``--profile go-gossip``), ``data`` the payload, ``origin`` the peer the
-message arrived from (the wire format does not name the publisher; IPv6 as ``[addr]:port``)
+``--profile go-gossip``), ``data`` the payload, ``sender`` the peer the
+message arrived from, the previous hop (the publisher's address is not on the wire: a
+message carries no origin; IPv6 as ``[addr]:port``)
 and ``ts`` the Unix time of arrival. In a ``stats`` line, ``engine`` and ``transport`` hold
 every counter of :class:`~gossip.protocol.EngineStatistics` (with ``--profile go-gossip``:
 :class:`~gossip.compat.GoGossipStatistics`) and
@@ -108,19 +109,21 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import attrs
 import trio
 
+from gossip.cli_io import format_address, node_stats, write_lines
 from gossip.compat.gogossip import PULL_INTERVAL
+from gossip.compat.gogossip_engine import GoGossipEngine
 from gossip.compat.legacy_cipher import LegacyGoGossipCipher
 from gossip.compat.runtime import open_go_gossiper
 from gossip.crypto import Keyring
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
 from gossip.node import Delivery, Gossiper, Message, open_gossiper
-from gossip.protocol import GossipConfig
+from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.base import Address, Transport
 from gossip.transport.tcp import open_tcp_transport
 from gossip.transport.udp import DEFAULT_RECV_BUFFER, open_udp_transport
@@ -129,9 +132,7 @@ __all__ = [
     "AgentOptions",
     "Profile",
     "TransportKind",
-    "format_address",
     "format_message",
-    "parse_hostport",
     "resolve_addresses",
     "run_agent",
 ]
@@ -152,6 +153,8 @@ GO_GOSSIP_GRACE_ROUNDS: Final = 5
 Profile = Literal["native", "go-gossip"]
 #: ``--transport``: plain UDP, the eBPF cloner, or TCP streams.
 TransportKind = Literal["udp", "ebpf", "tcp"]
+#: The node of either profile: its statistics are typed per profile, down to the stats line.
+AgentNode = Gossiper[GossipEngine] | Gossiper[GoGossipEngine]
 
 
 @attrs.frozen
@@ -218,34 +221,6 @@ class AgentOptions:
             raise LocalProtocolError(f"unknown delivery mode {self.delivery!r}")
 
 
-def parse_hostport(text: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` or ``[IPV6]:PORT`` into ``(host, port)``; nothing is resolved.
-
-    Raises:
-        ValueError: with a message fit for the user.
-    """
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, port_text = text[1:].partition("]:")
-        if not sep or not host:
-            raise ValueError(f"{text!r}: expected [IPV6]:PORT")
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or not host:
-            raise ValueError(f"{text!r}: expected HOST:PORT")
-        if ":" in host:
-            raise ValueError(f"{text!r}: write IPv6 addresses in brackets, as [::1]:7946")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"{text!r}: the port must be a number in 0..65535")
-    return host, int(port_text)
-
-
-def format_address(addr: Address) -> str:
-    """``host:port``, or ``[host]:port`` for IPv6: the syntax :func:`parse_hostport` reads."""
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def resolve_addresses(
     bind: tuple[str, int], peers: Iterable[tuple[str, int]]
 ) -> tuple[Address, tuple[Address, ...]]:
@@ -301,7 +276,7 @@ def format_message(message: Message) -> str:
             "event": "message",
             "key": message.key.hex(),
             "data": base64.b64encode(message.data).decode("ascii"),
-            "origin": None if message.origin is None else format_address(message.origin),
+            "sender": None if message.sender is None else format_address(message.sender),
             "ts": message.timestamp,
         }
     )
@@ -324,20 +299,11 @@ def _read_chunk(fd: int) -> bytes:
         raise
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            select.select([], [fd], [])
-
-
 class _Agent:
     """The tasks of one agent around a running :class:`~gossip.node.Gossiper`."""
 
     def __init__(
-        self, node: Gossiper[Any], options: AgentOptions, stdout_fd: int, grace: float
+        self, node: AgentNode, options: AgentOptions, stdout_fd: int, grace: float
     ) -> None:
         self.node = node
         self.options = options
@@ -355,11 +321,8 @@ class _Agent:
         Raises:
             OSError: stdout is gone (``BrokenPipeError``: the reader closed it).
         """
-        if not lines:
-            return
-        data = "".join(line + "\n" for line in lines).encode("utf-8")
         async with self._write_lock:
-            await trio.to_thread.run_sync(_write_all, self._stdout_fd, data, abandon_on_cancel=True)
+            await write_lines(self._stdout_fd, lines)
 
     async def print_messages(self) -> None:
         """Write every delivered message to stdout; stop the agent if stdout goes away."""
@@ -397,14 +360,7 @@ class _Agent:
 
     def stats_line(self) -> str:
         """The ``stats`` line for the current counters."""
-        return json.dumps(
-            {
-                "event": "stats",
-                "ts": time.time(),
-                "address": format_address(self.node.local_address),
-                **attrs.asdict(self.node.statistics()),
-            }
-        )
+        return json.dumps({"event": "stats", "ts": time.time(), **node_stats(self.node)})
 
     async def publish_stdin(self, fd: int) -> None:
         """Publish every line of ``fd``; at its end, linger for the last ACK round, then stop."""
@@ -430,7 +386,8 @@ class _Agent:
             await self._publish(buffer)
         if self._last_push is not None:
             # Our last messages' push rounds first (bounded: each ends by its deadline).
-            while getattr(self.node.engine, "in_flight", 0):
+            engine = self.node.engine
+            while isinstance(engine, GossipEngine) and engine.in_flight:  # go-gossip: no rounds
                 await trio.sleep(0.01)
             await trio.sleep_until(max(self._last_push, trio.current_time()) + self._grace)
         self.stopped.set()
@@ -503,7 +460,7 @@ async def _open_transport(options: AgentOptions, stack: contextlib.AsyncExitStac
 
 async def _start_node(
     options: AgentOptions, transport: Transport, stack: contextlib.AsyncExitStack
-) -> tuple[Gossiper[Any], float, str]:
+) -> tuple[AgentNode, float, str]:
     """Start the node of ``options.profile`` on ``transport``.
 
     Returns:

@@ -46,13 +46,14 @@ under ``skipped["too_large"]``. A message lost to a full delivery queue
 Output of ``gossip bridge`` (JSON lines on stdout, like ``gossip agent``)::
 
     {"event": "relay", "direction": "native->go" | "go->native", "key": "<hex>",
-     "relayed_key": "<hex>", "data": "<base64>", "origin": "<host:port>", "ts": <float>}
+     "relayed_key": "<hex>", "data": "<base64>", "sender": "<host:port>", "ts": <float>}
     {"event": "stats", "ts": <float>, "relayed": {...}, "skipped": {...},
      "lines_dropped": <int>, "native": {"address": ..., "engine": {...}, "transport": {...},
      "delivery_queued": <int>, "delivery_overflow": <int>}, "go": {...}}
 
 ``key`` is the message's id on the side it came from (16 bytes native, 8 go-gossip),
-``relayed_key`` its id on the other side, ``origin`` the peer it came from. Relay lines
+``relayed_key`` its id on the other side, ``sender`` the peer it came from (the previous
+hop; the publisher's address is not on the wire). Relay lines
 that cannot be written because stdout is stalled (more than 4096 pending) are dropped
 from stdout and counted in ``lines_dropped``; the relaying itself never waits for stdout.
 Stderr carries human-readable notes; the first is ``bridging native HOST:PORT <-> go-gossip
@@ -78,7 +79,7 @@ import attrs
 import cachetools
 import trio
 
-from gossip.agent import _write_all, format_address
+from gossip.cli_io import format_address, node_stats, write_lines
 from gossip.compat.gogossip import GOSSIP_NUMBER, KEY_SIZE
 from gossip.compat.gogossip_engine import GoGossipEngine, GoGossipStatistics
 from gossip.compat.legacy_cipher import LegacyGoGossipCipher
@@ -168,7 +169,7 @@ class Relay:
         key: its id on the side it came from (16 bytes native, 8 bytes go-gossip).
         relayed_key: its id on the other side.
         data: the payload.
-        origin: the peer the bridge received it from.
+        sender: the peer the bridge received it from (the previous hop, not the publisher).
         timestamp: Unix time of arrival at the bridge.
     """
 
@@ -176,7 +177,7 @@ class Relay:
     key: bytes
     relayed_key: bytes
     data: bytes
-    origin: Address | None
+    sender: Address | None
     timestamp: float
 
 
@@ -270,10 +271,8 @@ class Bridge:
             self._go_covered[go_key] = None
             return self._skip("already_bridged")
         try:
-            # The go-gossip engine's push sends nothing and arms no timer (pull-only), so
-            # calling it outside the runtime's pump loses nothing; Gossiper.push would draw
-            # a random key instead of the derived one.
-            self.go.engine.push(message.data, trio.current_time(), key=go_key)
+            # Never blocks: a go-gossip push only caches the message (peers pull it).
+            self.go.push_nowait(message.data, key=go_key)
         except LocalProtocolError:
             return self._skip("too_large")
         self._go_covered[go_key] = None
@@ -311,7 +310,7 @@ class Bridge:
     def _relayed_one(self, direction: Direction, message: Message, relayed_key: bytes) -> Relay:
         self._relayed[direction] += 1
         relay = Relay(
-            direction, message.key, relayed_key, message.data, message.origin, message.timestamp
+            direction, message.key, relayed_key, message.data, message.sender, message.timestamp
         )
         if self.on_relay is not None:
             self.on_relay(relay)
@@ -425,14 +424,10 @@ def format_relay(relay: Relay) -> str:
             "key": relay.key.hex(),
             "relayed_key": relay.relayed_key.hex(),
             "data": base64.b64encode(relay.data).decode("ascii"),
-            "origin": None if relay.origin is None else format_address(relay.origin),
+            "sender": None if relay.sender is None else format_address(relay.sender),
             "ts": relay.timestamp,
         }
     )
-
-
-def _node_stats(node: Gossiper[GossipEngine] | Gossiper[GoGossipEngine]) -> dict[str, object]:
-    return {"address": format_address(node.local_address), **attrs.asdict(node.statistics())}
 
 
 class _Output:
@@ -465,15 +460,13 @@ class _Output:
                 "relayed": stats.relayed,
                 "skipped": stats.skipped,
                 "lines_dropped": self.dropped,
-                "native": _node_stats(bridge.native),
-                "go": _node_stats(bridge.go),
+                "native": node_stats(bridge.native),
+                "go": node_stats(bridge.go),
             }
         )
 
     async def write(self, lines: list[str]) -> None:
-        if lines:
-            data = "".join(line + "\n" for line in lines).encode("utf-8")
-            await trio.to_thread.run_sync(_write_all, self.fd, data, abandon_on_cancel=True)
+        await write_lines(self.fd, lines)
 
     async def writer(self) -> None:
         try:

@@ -31,8 +31,9 @@ from collections.abc import Sequence
 
 import trio
 
-from gossip.agent import AgentOptions, parse_hostport, resolve_addresses, run_agent
+from gossip.agent import AgentOptions, resolve_addresses, run_agent
 from gossip.bridge import BridgeOptions, run_bridge_command
+from gossip.cli_io import parse_hostport
 from gossip.compat.gogossip import GOSSIP_NUMBER
 from gossip.compat.legacy_cipher import LegacyGoGossipCipher, read_passphrase_file
 from gossip.demo import DemoOptions, run_demo

@@ -11,9 +11,9 @@ with one fresh cluster key, every node knowing every other. Then:
 After each batch: the share of (node, message) pairs delivered, how many messages reached
 every live node, latency from push to the last live node (p50/p99) and to each delivery, and
 the packets and bytes sent per message, in total and per node (background anti-entropy
-included). ``--seed`` fixes origins, peer choices and the victims; timings are real. The
-command exits 0 when every message reached every live node within ``settle`` (30 s) of its
-batch's last push, else 1.
+included). ``--seed`` fixes origins, peer choices, the random part of message keys and the
+victims; timings are real. The command exits 0 when every message reached every live node
+within ``settle`` (30 s) of its batch's last push, else 1.
 """
 
 from __future__ import annotations

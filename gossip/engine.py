@@ -9,15 +9,18 @@ never read a clock: the runtime passes ``now`` in.
 Adding an engine: write a class with the methods of :class:`Engine`, build its packets with
 the shared codec (``context.codec.seal(ptype, body, now)``; read them with
 ``context.codec.open_untrusted(datagram, now)``: one keyring and one replay guard per node),
-and give ``open_gossiper`` a factory for it (``engines=[lambda ctx: MyEngine(ctx)]``). Its
-events reach the application through :meth:`gossip.node.Gossiper.subscribe`.
+hand them out as ``Outgoing(datagram, peers, kind)`` (``kind`` names the packet for
+simulators and tracers), draw randomness from ``context.rng`` and ids from
+``context.key_rng`` (so that a seeded node is reproducible), and give ``open_gossiper`` a
+factory for it (``engines=[lambda ctx: MyEngine(ctx)]``). Its events reach the application
+through :meth:`gossip.node.Gossiper.subscribe`.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 import attrs
 
@@ -26,7 +29,7 @@ from gossip.events import Outgoing
 from gossip.transport.base import Address
 from gossip.wire import Codec
 
-__all__ = ["Engine", "EngineContext", "Publisher", "S_co"]
+__all__ = ["Engine", "EngineContext", "KeyedPublisher", "Publisher", "S_co"]
 
 S_co = TypeVar("S_co", covariant=True)
 
@@ -39,8 +42,12 @@ class EngineContext:
         codec: the node's one codec: its keyring and replay guard serve every engine.
         local_address: the node's address on its transport.
         discovery: where peers come from (``gossipiers()``).
-        rng: the node's randomness (seeded in tests and the simulator).
+        rng: the node's randomness for choices and jitter (seeded in tests and the simulator).
         now: the runtime's clock when the node starts.
+        key_rng: where random ids (message keys) come from: the application's seeded
+            ``random.Random`` (tests, the simulator), or ``None`` for :mod:`secrets`
+            (``gossip.wire.new_message_key(ms, context.key_rng)`` does either). Ids travel in
+            the clear: unpredictable ones keep a plain-text cluster from being pre-empted.
     """
 
     codec: Codec
@@ -48,6 +55,7 @@ class EngineContext:
     discovery: Discovery
     rng: random.Random
     now: float
+    key_rng: random.Random | None = None
 
 
 class Engine(Protocol[S_co]):
@@ -80,3 +88,18 @@ class Publisher(Engine[S_co], Protocol[S_co]):
 
     def push(self, data: bytes, now: float) -> bytes: ...
     def can_push(self, size: int, now: float) -> bool: ...
+
+
+@runtime_checkable
+class KeyedPublisher(Publisher[S_co], Protocol[S_co]):
+    """A publisher whose message keys the caller may choose: the go-gossip profile, whose
+    8-byte keys a bridge derives from native ids so that every bridge relays a message under
+    one key. ``Gossiper.push(data, key=...)`` reaches it; ``key=None`` draws a key as any
+    publisher does. (The broadcast engine is not one: its keys carry the publisher's clock.)"""
+
+    @property
+    def key_size(self) -> int:
+        """The length of a key, in bytes."""
+        ...
+
+    def push(self, data: bytes, now: float, *, key: bytes | None = None) -> bytes: ...

@@ -15,10 +15,22 @@ __all__ = ["Event", "MessageDelivered", "Outgoing", "PacketDropped"]
 
 @attrs.frozen(slots=True)
 class Outgoing:
-    """One encoded datagram and the peers it goes to (a fan-out shares one encryption)."""
+    """One encoded datagram and the peers it goes to (a fan-out shares one encryption).
+
+    Attributes:
+        data: the datagram.
+        addrs: its destinations.
+        kind: what it is, in the engine's words, for counters and traces (a simulator, a
+            tracer), so that nobody peeks at wire bytes the engine already understood. The
+            broadcast engine: ``push``, ``ack``, ``sync`` (a PullSync: a push round's pull
+            fallback or a reverse sync), ``digest`` (the PullSync of a periodic anti-entropy
+            round), ``request``, ``response``; the go-gossip engine: ``request``,
+            ``response``. ``""``: not said. The runtime does not read it.
+    """
 
     data: bytes
     addrs: tuple[Address, ...]
+    kind: str = ""
 
 
 @attrs.frozen(slots=True)
@@ -28,13 +40,14 @@ class MessageDelivered:
     Attributes:
         key: the message's random id.
         data: the application payload.
-        origin: the peer this node received it from (``None`` for a local push).
+        sender: the peer this node received it from, the previous hop (``None`` for a local
+            push). Not the publisher: a message carries no origin address on the wire.
         at: protocol time (the engine's ``now``) of arrival.
     """
 
     key: bytes
     data: bytes
-    origin: Address | None
+    sender: Address | None
     at: float
 
 

@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar, overload
 
 import attrs
 import trio
@@ -41,7 +41,7 @@ import trio
 from gossip._trio import single_exception
 from gossip.crypto import Keyring, ReplayGuard
 from gossip.discovery.base import Discovery
-from gossip.engine import Engine, EngineContext, Publisher
+from gossip.engine import Engine, EngineContext, KeyedPublisher, Publisher
 from gossip.errors import LocalProtocolError
 from gossip.events import MessageDelivered, Outgoing
 from gossip.mux import Mux
@@ -81,16 +81,18 @@ class Message:
     """A message delivered to the application.
 
     Attributes:
-        key: the message's id (16 bytes; its first 6 bytes are the origin's clock in ms).
+        key: the message's id (16 bytes; its first 6 bytes are the publisher's clock in ms).
         data: the payload.
-        origin: the peer this node received it from.
+        sender: the peer this node received it from: the previous hop, not the publisher.
+            The publisher's address is not on the wire (a message carries no origin), so no
+            node can tell who published a message it relayed.
         at: arrival time on the trio clock.
         timestamp: arrival time as Unix time.
     """
 
     key: bytes
     data: bytes
-    origin: Address | None
+    sender: Address | None
     at: float
     timestamp: float
 
@@ -157,43 +159,68 @@ class Gossiper(Generic[E_co]):
         """This node's address."""
         return self.transport.local_address
 
-    async def push(self, data: bytes) -> bytes:
+    # ``key=`` only type-checks on a node whose engine takes it (a KeyedPublisher).
+    @overload
+    async def push(self, data: bytes) -> bytes: ...
+    @overload
+    async def push(
+        self: Gossiper[KeyedPublisher[Any]], data: bytes, *, key: bytes | None = None
+    ) -> bytes: ...
+    async def push(self, data: bytes, *, key: bytes | None = None) -> bytes:
         """Publish ``data`` to the cluster; returns its message key. Waits while the node
         has ``push_window`` messages in their push round, or no cache room for one more
         message that a pull may still ask for: the cluster's pace, not the producer's.
 
+        ``key``: publish under this key, on a node whose engine lets the caller choose
+        (:class:`~gossip.engine.KeyedPublisher`: the go-gossip profile, where a bridge derives
+        keys); ``None`` draws one.
+
         Raises:
-            LocalProtocolError: the payload does not fit one datagram.
+            LocalProtocolError: the payload does not fit one datagram, or a ``key`` the
+                engine refuses (or an engine that draws its own keys).
             trio.ClosedResourceError: the node is closed (nothing was published).
             trio.BrokenResourceError: the node's transport failed.
         """
         self._check_open()
         engine = self.engine
+        if key is not None:
+            self._keyed()  # refuse before waiting
         if not engine.can_push(len(data), trio.current_time()):
             self._push_waits += 1
             while not engine.can_push(len(data), trio.current_time()):
                 with trio.move_on_after(_ROOM_POLL):
                     await self._pushers.park()
                 self._check_open()
-        key = engine.push(data, trio.current_time())
+        if key is None:
+            key = engine.push(data, trio.current_time())
+        else:
+            key = self._keyed().push(data, trio.current_time(), key=key)
         await self._flush()
         return key
 
-    def push_nowait(self, data: bytes) -> bytes:
+    @overload
+    def push_nowait(self, data: bytes) -> bytes: ...
+    @overload
+    def push_nowait(
+        self: Gossiper[KeyedPublisher[Any]], data: bytes, *, key: bytes | None = None
+    ) -> bytes: ...
+    def push_nowait(self, data: bytes, *, key: bytes | None = None) -> bytes:
         """Publish ``data`` now, or raise ``trio.WouldBlock`` where :meth:`push` would wait.
         The datagrams leave from a background task, right after the caller's next checkpoint.
+        ``key`` as for :meth:`push`.
 
         Raises:
             trio.WouldBlock: the window or the cache is full.
-            LocalProtocolError: the payload does not fit one datagram.
+            LocalProtocolError: as for :meth:`push`.
             trio.ClosedResourceError: the node is closed (nothing was published).
             trio.BrokenResourceError: the node's transport failed.
         """
         self._check_open()
         now = trio.current_time()
+        keyed = None if key is None else self._keyed()
         if not self.engine.can_push(len(data), now):
             raise trio.WouldBlock
-        key = self.engine.push(data, now)
+        key = self.engine.push(data, now) if keyed is None else keyed.push(data, now, key=key)
         self._flush_wanted.unpark()
         return key
 
@@ -260,6 +287,14 @@ class Gossiper(Generic[E_co]):
 
     # ------------------------------------------------------------ the pump
 
+    def _keyed(self) -> KeyedPublisher[Any]:
+        engine = self.engine
+        if not isinstance(engine, KeyedPublisher):
+            raise LocalProtocolError(
+                f"{type(engine).__name__} draws its own message keys: push() takes no key="
+            )
+        return engine
+
     def _check_open(self) -> None:
         if self._broken is not None:
             raise trio.BrokenResourceError("the node's transport failed") from self._broken
@@ -309,7 +344,7 @@ class Gossiper(Generic[E_co]):
             if type(event) is MessageDelivered:
                 if self._wait or len(queue) < self._capacity:
                     queue.append(
-                        Message(event.key, event.data, event.origin, event.at, event.at + offset)
+                        Message(event.key, event.data, event.sender, event.at, event.at + offset)
                     )
                 else:
                     self._overflow += 1
@@ -466,7 +501,9 @@ async def open_gossiper(
         transport: the network; the caller keeps ownership (it is not closed here).
         config: protocol parameters (:class:`~gossip.protocol.GossipConfig`).
         keyring: cluster keys; ``None`` runs a plain-text cluster.
-        rng: randomness for peer choice and jitter; seed it for reproducible runs.
+        rng: randomness for peer choice, jitter and message keys; seed it for reproducible
+            runs (tests, simulations). ``None`` (for production): keys from :mod:`secrets`,
+            which keeps them unpredictable (see :func:`gossip.wire.new_message_key`).
         delivery_queue: messages buffered for the application (plus at most
             :data:`RECEIVE_BATCH`).
         delivery: what a full delivery queue does: ``"wait"`` (the default) stops taking new
@@ -480,7 +517,6 @@ async def open_gossiper(
     # Labels and keys carry wall-clock time; the engine runs on trio's clock (MockClock in tests).
     clock_offset = time.time() - trio.current_time()
     config = config or GossipConfig()
-    rng = rng or random.Random()
     # One codec for the node: every engine shares its keyring and its replay guard.
     codec = Codec(
         keyring,
@@ -495,7 +531,9 @@ async def open_gossiper(
     )
     now = trio.current_time()
     engine.start(now)
-    context = EngineContext(codec, transport.local_address, discovery, rng, now)
+    context = EngineContext(
+        codec, transport.local_address, discovery, rng or random.Random(), now, key_rng=rng
+    )
     others = [make(context) for make in engines]
     async with run_engine(
         engine,

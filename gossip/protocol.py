@@ -294,6 +294,8 @@ _TYPE_NAMES: Final = {
     PullRequest: "request",
     PullResponse: "response",
 }
+#: The Outgoing.kind of an anti-entropy round's PullSync (other PullSyncs are "sync").
+_DIGEST: Final = "digest"
 
 
 class GossipEngine:
@@ -304,7 +306,10 @@ class GossipEngine:
         local_address: this node's address, never chosen as a peer.
         config: protocol parameters.
         keyring: cluster keys; ``None`` for a plain-text cluster.
-        rng: the only source of randomness (peer choice, jitter): seed it for determinism.
+        rng: the only source of randomness (peer choice, jitter, the random bits of message
+            keys): seed it for determinism. ``None``: a fresh ``random.Random`` for peer choice
+            and jitter, and :mod:`secrets` for the keys (unpredictable keys keep a plain-text
+            cluster's messages from being pre-empted; see :func:`gossip.wire.new_message_key`).
         clock_offset: ``now + clock_offset`` is Unix time; lets the runtime pass a monotonic
             clock while labels and message keys carry wall-clock time.
     """
@@ -324,6 +329,8 @@ class GossipEngine:
         self.discovery = discovery
         self.local_address = local_address
         self._rng = rng or random.Random()
+        # Message keys from the injected rng (a seeded run makes the same keys), else secrets.
+        self._key_rng = rng
         if codec is None:
             codec = Codec(
                 keyring,
@@ -399,7 +406,8 @@ class GossipEngine:
         self._n_received = 0
         self._n_sent = 0
         self._n_bytes_sent = 0
-        self._sent_by_type: dict[str, int] = dict.fromkeys(_TYPE_NAMES.values(), 0)
+        # By Outgoing.kind; statistics() counts anti-entropy digests under "sync" (a PullSync).
+        self._sent_by_type: dict[str, int] = dict.fromkeys((*_TYPE_NAMES.values(), _DIGEST), 0)
         self._n_pushed = 0
         self._n_delivered = 0
         self._n_duplicates = 0
@@ -451,7 +459,7 @@ class GossipEngine:
             datagrams_received=self._n_received,
             datagrams_sent=self._n_sent,
             bytes_sent=self._n_bytes_sent,
-            sent_by_type=dict(self._sent_by_type),
+            sent_by_type=self._sent_by_packet(),
             pushed=self._n_pushed,
             delivered=self._n_delivered,
             duplicates=self._n_duplicates,
@@ -471,6 +479,11 @@ class GossipEngine:
             in_flight=len(self._own),
             window=int(self._window),
         )
+
+    def _sent_by_packet(self) -> dict[str, int]:
+        sent = dict(self._sent_by_type)
+        sent["sync"] += sent.pop(_DIGEST)
+        return sent
 
     @property
     def packet_types(self) -> range:
@@ -522,7 +535,7 @@ class GossipEngine:
                 f"payload of {len(data)} bytes exceeds {limit} bytes, the most a "
                 f"{self.config.max_datagram}-byte datagram carries"
             )
-        key = new_message_key(self._now_ms(now))
+        key = new_message_key(self._now_ms(now), self._key_rng)
         self._remember(key, key_timestamp_ms(key), now)
         self._cache_put(key, data, now)
         self._n_pushed += 1
@@ -787,12 +800,15 @@ class GossipEngine:
         for keys, peers in shared.items():
             self._pull_sync(keys, tuple(peers), now)
 
-    def _pull_sync(self, keys: Sequence[bytes], peers: tuple[Address, ...], now: float) -> None:
+    def _pull_sync(
+        self, keys: Sequence[bytes], peers: tuple[Address, ...], now: float, kind: str = "sync"
+    ) -> None:
         """Send ``peers`` digests of those ``keys`` still cached (one datagram per max_keys)."""
         live = [k for k in keys if k in self._cache]
         step = self.codec.max_keys()
         for i in range(0, len(live), step):
-            self._send(PullSync(tuple(live[i : i + step])), peers, now)
+            packet = PullSync(tuple(live[i : i + step]))
+            self._emit(self.codec.encode(packet, now), peers, kind)
             self._n_syncs += len(peers)
 
     def _anti_entropy(self, now: float) -> None:
@@ -801,7 +817,7 @@ class GossipEngine:
         digest = self._digest(now)
         if digest:
             for peer in self._choose(1, set()):
-                self._pull_sync(digest, (peer,), now)
+                self._pull_sync(digest, (peer,), now, _DIGEST)
 
     def _digest(self, now: float) -> list[bytes]:
         """Cached keys younger than the TTL, ``sync_max_datagrams`` datagrams of them, or
@@ -880,7 +896,7 @@ class GossipEngine:
         self._emit(self.codec.encode(packet, now), addrs, _TYPE_NAMES[type(packet)])
 
     def _emit(self, data: bytes, addrs: tuple[Address, ...], kind: str) -> None:
-        self._out.append(Outgoing(data, addrs))
+        self._out.append(Outgoing(data, addrs, kind))
         n = len(addrs)
         self._n_sent += n
         self._n_bytes_sent += n * len(data)

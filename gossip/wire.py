@@ -17,12 +17,13 @@ label covered by the MAC). Bodies::
     PullRequest  0x04   key (16) * n, n >= 1
     PullResponse 0x05   key (16) | data
 
-A message key is 16 bytes: the origin's clock in milliseconds (6 bytes) and 80 random bits from
-:mod:`secrets`. The random part makes keys unpredictable (go-gossip's time-seeded keys were not)
-and unique (two keys collide only if made in the same millisecond *and* their 80 random bits
-match). The time part gives every message an age that every node can read, so nodes refuse,
-stop advertising and forget a message after a TTL: the set of seen keys is bounded, and a message
-can never be delivered twice after its key was forgotten.
+A message key is 16 bytes: the publisher's clock in milliseconds (6 bytes) and 80 random bits
+(:func:`new_message_key`: from :mod:`secrets`, or from the engine's injected ``random.Random``
+in tests and the simulator). The random part makes keys unpredictable (go-gossip's time-seeded
+keys were not) and unique (two keys collide only if made in the same millisecond *and* their
+80 random bits match). The time part gives every message an age that every node can read, so
+nodes refuse, stop advertising and forget a message after a TTL: the set of seen keys is
+bounded, and a message can never be delivered twice after its key was forgotten.
 
 Everything that parses bytes from the network is named ``*_untrusted`` and raises only
 :class:`~gossip.errors.MalformedPacket` or :class:`~gossip.errors.DecryptError`.
@@ -31,6 +32,7 @@ Everything that parses bytes from the network is named ``*_untrusted`` and raise
 from __future__ import annotations
 
 import math
+import random
 import secrets
 import struct
 import time
@@ -176,15 +178,26 @@ class PullResponse:
 Packet = PushMessage | PushAck | PullSync | PullRequest | PullResponse
 
 
-def new_message_key(timestamp_ms: int | None = None) -> bytes:
-    """A fresh message key: ``timestamp_ms`` (default: now) in 6 bytes + 10 random bytes."""
+def new_message_key(timestamp_ms: int | None = None, rng: random.Random | None = None) -> bytes:
+    """A fresh message key: ``timestamp_ms`` in 6 bytes + 80 random bits.
+
+    Engines pass both: ``timestamp_ms`` from the runtime's clock (``now`` plus its offset to
+    Unix time; the default, the system clock, is for callers outside an engine), and their
+    injected ``rng``, so that a seeded run (tests, the simulator) makes the same keys every
+    time. Without an ``rng`` the bits come from :mod:`secrets`, and that is the default on
+    purpose: keys travel in the clear (authenticated) part of a packet. Integrity does not
+    need them unpredictable (the MAC gives it), but a plain-text cluster does: whoever can
+    predict the next key can publish under it first, and the real message is then dropped as
+    a duplicate. A seeded ``random.Random`` is for tests and the simulator.
+    """
     if timestamp_ms is None:
         timestamp_ms = time.time_ns() // 1_000_000
-    return (timestamp_ms & 0xFFFF_FFFF_FFFF).to_bytes(6, "big") + secrets.token_bytes(10)
+    bits = secrets.randbits(80) if rng is None else rng.getrandbits(80)
+    return ((timestamp_ms & 0xFFFF_FFFF_FFFF) << 80 | bits).to_bytes(MESSAGE_KEY_SIZE, "big")
 
 
 def key_timestamp_ms(key: bytes) -> int:
-    """The origin's clock, in ms since the epoch, when the message with ``key`` was made."""
+    """The publisher's clock, in ms since the epoch, when the message with ``key`` was made."""
     return int.from_bytes(key[:6], "big")
 
 

@@ -50,6 +50,7 @@ class Harness:
         self.delivered: list[dict[bytes, bytes]] = [{} for _ in range(n)]
         self.duplicate_deliveries = 0
         self.pushed: dict[bytes, bytes] = {}
+        self.sent_kinds: list[tuple[str, int]] = []  # (Outgoing.kind, the label's type byte)
 
     def index(self, a: Address) -> int:
         return self.addrs.index(a)
@@ -57,6 +58,7 @@ class Harness:
     def collect(self, i: int) -> None:
         engine = self.engines[i]
         for out in engine.datagrams_to_send():
+            self.sent_kinds.append((out.kind, out.data[1]))
             for dst in out.addrs:
                 self.in_flight.append((self.addrs[i], dst, out.data))
         for event in engine.pop_events():

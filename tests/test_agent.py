@@ -21,7 +21,8 @@ import pytest
 import trio
 
 from gossip import cli
-from gossip.agent import format_address, parse_hostport, resolve_addresses
+from gossip.agent import resolve_addresses
+from gossip.cli_io import format_address, parse_hostport
 from gossip.keyfile import write_key_file
 
 TIMEOUT = 15  # seconds of real time for a whole test; each agent starts in about 0.5 s
@@ -139,11 +140,11 @@ def loopback(n: int) -> list[str]:
 
 
 def check_message(line: dict[str, Any], text: str, cluster: Sequence[str]) -> None:
-    assert list(line) == ["event", "key", "data", "origin", "ts"]  # stable key order
+    assert list(line) == ["event", "key", "data", "sender", "ts"]  # stable key order
     assert line["event"] == "message"
     assert base64.b64decode(line["data"], validate=True) == text.encode("utf-8")
     assert len(bytes.fromhex(line["key"])) == 16
-    assert line["origin"] in cluster
+    assert line["sender"] in cluster
     assert abs(line["ts"] - time.time()) < 30
 
 

@@ -604,7 +604,7 @@ def test_two_engines_deliver_each_others_messages_exactly_once(passphrase: str |
     net.run_until(0.2)
     assert net.payloads(A) == [b"from b"]
     assert net.payloads(B) == [b"from a"]
-    assert net.delivered[B][0] == MessageDelivered(key=key_a, data=b"from a", origin=A, at=0.2)
+    assert net.delivered[B][0] == MessageDelivered(key=key_a, data=b"from a", sender=A, at=0.2)
     assert net.delivered[A][0].key == key_b
     net.run_until(10.0)  # 50 more rounds: everything is a duplicate now
     assert net.payloads(A) == [b"from b"]
@@ -671,7 +671,7 @@ def test_pull_request_is_encrypted_with_the_legacy_cipher() -> None:
     engine = make_engine(B, passphrase="pass")
     engine.handle_timer(0.2)
     assert engine.datagrams_to_send() == [
-        Outgoing(bytes.fromhex("010144454a92c1dab9d3acf50ac49a17f51e"), (B,))
+        Outgoing(bytes.fromhex("010144454a92c1dab9d3acf50ac49a17f51e"), (B,), "request")
     ]
 
 
@@ -744,7 +744,7 @@ def test_duplicate_keys_in_one_response_deliver_once() -> None:
     engine = make_engine(B)
     engine.receive(encode(PullResponse(((KEY, b"first"), (KEY, b"second")))), B, 1.0)
     events = engine.pop_events()
-    assert events == [MessageDelivered(key=KEY, data=b"first", origin=B, at=1.0)]
+    assert events == [MessageDelivered(key=KEY, data=b"first", sender=B, at=1.0)]
 
 
 def test_rate_limit_per_source() -> None:

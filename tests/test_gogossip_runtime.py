@@ -20,21 +20,27 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_type
 
 import pytest
 import trio
 
 from gossip import cli
-from gossip.agent import format_address
 from gossip.bridge import Bridge, BridgeOptions, Relay, go_key_for, run_bridge
-from gossip.compat import GoGossipEngine, LegacyGoGossipCipher, open_go_gossiper
+from gossip.cli_io import format_address
+from gossip.compat import (
+    GoGossipEngine,
+    GoGossipStatistics,
+    LegacyGoGossipCipher,
+    open_go_gossiper,
+)
 from gossip.compat.gogossip import PULL_INTERVAL
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
+from gossip.errors import LocalProtocolError
 from gossip.keyfile import write_key_file
 from gossip.node import Gossiper, Message, open_gossiper
-from gossip.protocol import GossipConfig, GossipEngine
+from gossip.protocol import EngineStatistics, GossipConfig, GossipEngine
 from gossip.transport.base import Address, Transport
 from gossip.transport.ebpf import probe
 from gossip.transport.memory import MemoryNetwork, MemoryTransport
@@ -141,8 +147,8 @@ async def test_two_profile_nodes_exchange_messages(
             got_a = await a.receive()
             # Pull-only: each message arrives with the other node's first PullRequest round.
             assert trio.current_time() - start == pytest.approx(PULL_INTERVAL)
-            assert (got_b.key, got_b.data, got_b.origin) == (key_a, b"from a", a.local_address)
-            assert (got_a.key, got_a.data, got_a.origin) == (key_b, b"from b", b.local_address)
+            assert (got_b.key, got_b.data, got_b.sender) == (key_a, b"from a", a.local_address)
+            assert (got_a.key, got_a.data, got_a.sender) == (key_b, b"from b", b.local_address)
             assert len(key_a) == len(key_b) == 8
             # Five more rounds (ending between two): nothing is delivered again.
             await trio.sleep(5.5 * PULL_INTERVAL)
@@ -155,6 +161,29 @@ async def test_two_profile_nodes_exchange_messages(
                 assert stats.duplicates == 2 * 5
                 assert stats.dropped == {}
                 assert node.statistics().transport.send_errors == 0
+
+
+async def test_a_chosen_key_goes_through_the_runtime(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``push(data, key=K)`` on a go-gossip node (a KeyedPublisher; the bridge's way): the
+    message travels under K. A native node draws its own keys: refused, nothing published
+    (and mypy refuses the call, hence the ignore, which strict mode would flag if unused)."""
+    net = MemoryNetwork(seed=3)
+    with trio.fail_after(TIMEOUT):
+        async with go_cluster(2, net) as ((a, b), _), native_cluster(2, net) as ((n, _m), _):
+            assert await a.push(b"awaited", key=b"K" * 8) == b"K" * 8
+            assert a.push_nowait(b"at once", key=b"L" * 8) == b"L" * 8
+            got = {(await b.receive()).key, (await b.receive()).key}
+            assert got == {b"K" * 8, b"L" * 8}
+            with pytest.raises(LocalProtocolError, match="8 bytes"):
+                a.push_nowait(b"bad", key=b"short")
+            with pytest.raises(LocalProtocolError, match="draws its own message keys"):
+                await n.push(b"x", key=bytes(16))  # type: ignore[call-arg]
+            with pytest.raises(LocalProtocolError, match="draws its own message keys"):
+                n.push_nowait(b"x", key=bytes(16))  # type: ignore[call-arg]
+            assert n.statistics().engine.pushed == 0
+            assert a.statistics().engine.messages_pushed == 2
 
 
 async def test_encryption_mismatch_delivers_nothing(
@@ -194,21 +223,21 @@ async def test_agent_go_gossip_profile(tmp_path: Path) -> None:
             assert b"go-gossip profile" in agents[0].stderr
             await agents[0].send("hello, go ✓")
             line = await agents[1].read_json()
-            check_message_go(line, "hello, go ✓", origin=addresses[0])
+            check_message_go(line, "hello, go ✓", sender=addresses[0])
             await agents[1].send("and back")
-            check_message_go(await agents[0].read_json(), "and back", origin=addresses[1])
+            check_message_go(await agents[0].read_json(), "and back", sender=addresses[1])
             for agent in agents:
                 await agent.close_stdin()
             results = [await agent.finish() for agent in agents]
     assert results == [(0, []), (0, [])]  # nothing delivered twice
 
 
-def check_message_go(line: dict[str, Any], text: str, *, origin: str) -> None:
-    assert list(line) == ["event", "key", "data", "origin", "ts"]  # the agent's contract
+def check_message_go(line: dict[str, Any], text: str, *, sender: str) -> None:
+    assert list(line) == ["event", "key", "data", "sender", "ts"]  # the agent's contract
     assert line["event"] == "message"
     assert len(bytes.fromhex(line["key"])) == 8  # go-gossip's key
     assert base64.b64decode(line["data"], validate=True) == text.encode()
-    assert line["origin"] == origin
+    assert line["sender"] == sender
 
 
 async def test_agent_go_gossip_interoperates_with_library_node() -> None:
@@ -224,7 +253,7 @@ async def test_agent_go_gossip_interoperates_with_library_node() -> None:
                 discovery.set_peers([node.local_address, (host, int(port))])
                 key = await node.push(b"from the library")
                 line = await agent.read_json()
-                check_message_go(line, "from the library", origin=ours)
+                check_message_go(line, "from the library", sender=ours)
                 assert bytes.fromhex(line["key"]) == key
                 await agent.send("from the agent")
                 message = await node.receive()
@@ -414,6 +443,9 @@ async def test_bridge_relays_each_way_exactly_once(
                 got[name].extend(drain(node))
             stats = bridge.statistics()
             nursery.cancel_scope.cancel()
+    # Typed end to end (mypy checks these; an Any would fail them).
+    assert_type(stats.native.engine, EngineStatistics)
+    assert_type(stats.go.engine, GoGossipStatistics)
 
     for name, want in expected.items():
         assert sorted(m.data for m in got[name]) == sorted(want), name
@@ -562,17 +594,17 @@ async def test_bridge_command_between_two_agents() -> None:
                 relay = await bridge.read_json()
                 assert relay["event"] == "relay"
                 assert relay["direction"] == "native->go"
-                assert relay["origin"] == native_agent
+                assert relay["sender"] == native_agent
                 assert len(bytes.fromhex(relay["key"])) == 16
                 assert bytes.fromhex(relay["relayed_key"]) == go_key_for(
                     bytes.fromhex(relay["key"])
                 )
                 line = await go.read_json()
-                check_message_go(line, "native says hi", origin=go_side)
+                check_message_go(line, "native says hi", sender=go_side)
                 assert line["key"] == relay["relayed_key"]
                 await go.send("go says hi")
                 relay = await bridge.read_json()
-                assert (relay["direction"], relay["origin"]) == ("go->native", go_agent)
+                assert (relay["direction"], relay["sender"]) == ("go->native", go_agent)
                 check_message(await native.read_json(), "go says hi", [native_side])
                 process.send_signal(signal.SIGTERM)
                 status, rest = await bridge.finish()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Awaitable, Callable
+from typing import assert_type
 
 import pytest
 import trio
@@ -12,11 +14,12 @@ import trio.testing
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
-from gossip.node import Delivery, Gossiper, Message, open_gossiper
-from gossip.protocol import GossipConfig, GossipEngine
-from gossip.transport.base import Transport
+from gossip.node import Delivery, Gossiper, GossiperStatistics, Message, open_gossiper
+from gossip.protocol import EngineStatistics, GossipConfig, GossipEngine
+from gossip.transport.base import Transport, TransportStatistics
 from gossip.transport.memory import LinkConditions, MemoryNetwork
 from gossip.transport.udp import open_udp_transport
+from gossip.wire import key_timestamp_ms
 
 
 async def run_cluster(
@@ -83,7 +86,7 @@ async def test_cluster_under_loss_delivers_everything_once(
             for i, received in enumerate(got):
                 if i != origin:
                     assert received[key].data == data
-                    assert received[key].origin in [t.local_address for t in transports]
+                    assert received[key].sender in [t.local_address for t in transports]
 
     await run_cluster(transports, body, key=generate_key() if encrypted else None)
 
@@ -214,6 +217,28 @@ async def test_an_exception_in_the_block_comes_out_as_itself(
             raise _Boom
 
 
+async def test_message_keys_follow_the_seed_and_the_runtime_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With a seeded rng the random part of the keys repeats from run to run; the time part is
+    the runtime's clock as Unix time. Without one, the random parts differ."""
+
+    async def push_three(rng: random.Random | None) -> list[bytes]:
+        transport = MemoryNetwork().open_transport()
+        started = time.time()
+        async with open_gossiper(StaticDiscovery([]), transport, rng=rng) as g:
+            await trio.sleep(1.5)  # virtual: the keys say 1.5 s after the start, Unix time
+            keys = [await g.push(b"%d" % i) for i in range(3)]
+        for key in keys:
+            assert abs(key_timestamp_ms(key) - (started + 1.5) * 1000) < 500
+        return keys
+
+    first = await push_three(random.Random(9))
+    again = await push_three(random.Random(9))
+    assert [k[6:] for k in first] == [k[6:] for k in again]
+    assert [k[6:] for k in await push_three(None)] != [k[6:] for k in first]
+
+
 async def test_statistics_and_oversize_push(autojump_clock: trio.testing.MockClock) -> None:
     net = MemoryNetwork()
     transports: list[Transport] = [net.open_transport() for _ in range(3)]
@@ -222,6 +247,8 @@ async def test_statistics_and_oversize_push(autojump_clock: trio.testing.MockClo
         await nodes[0].push(b"x" * 100)
         await trio.sleep(1)
         stats = nodes[0].statistics()
+        assert_type(stats, GossiperStatistics[EngineStatistics])  # mypy: no Any on the way
+        assert_type(stats.transport, TransportStatistics)
         assert stats.engine.pushed == 1
         assert stats.engine.sent_by_type["push"] == 2
         assert stats.transport.datagrams_sent == stats.engine.datagrams_sent

@@ -20,6 +20,7 @@ from gossip.wire import (
     PullSync,
     PushAck,
     PushMessage,
+    key_timestamp_ms,
     new_message_key,
 )
 
@@ -218,6 +219,49 @@ def test_go_flaw_13_peer_choice_is_uniform_over_the_whole_list(ring: bool) -> No
     assert min(counts.values()) > 0.7 * expected
 
 
+def test_every_datagram_says_what_it_is() -> None:
+    """``Outgoing.kind`` names the packet the engine built (a simulator or a tracer reads it,
+    not the wire); ``digest`` is the anti-entropy round's PullSync."""
+    h = Harness(6, encrypted=False)
+    h.push(0, b"a")
+    h.in_flight.clear()  # the push round is lost: its deadline brings the pull fallback
+    h.run(2.5)  # fallback, requests, responses and forwards; digests about every 1 s
+    h.push(1, b"b")
+    h.run(0.1)  # pushes and ACKs
+    type_byte = {"push": 1, "ack": 2, "sync": 3, "digest": 3, "request": 4, "response": 5}
+    assert {kind for kind, _ in h.sent_kinds} == set(type_byte)
+    assert all(type_byte[kind] == byte for kind, byte in h.sent_kinds)
+    sent = h.engines[0].statistics().sent_by_type
+    assert set(sent) == {"push", "ack", "sync", "request", "response"}  # digests are syncs
+
+
+def test_message_keys_come_from_the_injected_rng_and_the_runtime_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A seeded engine makes the same keys at the same protocol time (tests, the simulator);
+    their time part is ``now + clock_offset``. Without an rng the bits come from secrets."""
+
+    def keys(rng: random.Random | None) -> list[bytes]:
+        engine = GossipEngine(StaticDiscovery([addr(1)]), addr(0), rng=rng, clock_offset=EPOCH)
+        return [engine.push(b"%d" % i, 2.5) for i in range(3)]
+
+    seeded = keys(random.Random(3))
+    assert seeded == keys(random.Random(3))
+    assert seeded != keys(random.Random(4))
+    assert len(set(seeded)) == 3
+    assert {key_timestamp_ms(k) for k in seeded} == {int((2.5 + EPOCH) * 1000)}
+    drawn: list[int] = []
+
+    def randbits(k: int) -> int:
+        drawn.append(k)
+        return 0xABCDEF
+
+    monkeypatch.setattr("gossip.wire.secrets.randbits", randbits)
+    unseeded = keys(None)
+    assert drawn == [80, 80, 80]
+    assert unseeded[0][6:] == (0xABCDEF).to_bytes(10, "big")
+
+
 def test_ring_neighbours_follow_sorted_addresses_and_discovery_changes() -> None:
     """The ring neighbours are the previous and next addresses in sorted order (wrapping
     around), whatever order discovery lists peers in; they are recomputed when discovery
@@ -338,8 +382,13 @@ def test_custom_discovery_subclass_is_consulted_every_time() -> None:
 
 
 def test_discovery_base_must_be_overridden() -> None:
+    class Forgot(Discovery):
+        pass
+
     with pytest.raises(NotImplementedError):
-        Discovery().gossipiers()
+        Forgot().gossipiers()  # type: ignore[abstract]  # mypy sees the missing override
+    with pytest.raises(TypeError):
+        Discovery()  # type: ignore[misc]  # a Protocol
     with pytest.raises(LocalProtocolError):
         StaticDiscovery([("10.0.0.1", 0)])
 

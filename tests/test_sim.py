@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -42,6 +44,35 @@ def test_same_seed_same_result_different_seed_different() -> None:
     c = _behaviour(to_dict(simulate(Scenario(nodes=300, seed=8, loss=0.1, duplicate=0.05))))
     assert a != c
     assert a["time_to"] != c["time_to"]
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_same_seed_same_keys_and_event_log(
+    capsys: pytest.CaptureFixture[str], encrypted: bool
+) -> None:
+    """Two runs of ``gossip sim`` with one seed: the same message keys and the same event log
+    (SHA-256 over every event, each datagram's bytes included, sealed ones too); another seed
+    gives another log."""
+    argv = ["--nodes", "60", "--loss", "10%", "--messages", "3", "--interval", "0.2"]
+    argv += ["--json", "--no-progress"] + (["--encrypted"] if encrypted else [])
+
+    def trace(seed: int) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            sim_main([*argv, "--seed", str(seed)])
+        assert exit_info.value.code == 0
+        digest: str = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["trace"]
+        return digest
+
+    def keys(seed: int) -> str:
+        scenario = Scenario(nodes=60, seed=seed, loss=0.1, messages=3, interval=0.2)
+        result = simulate(attrs.evolve(scenario, encrypted=encrypted))
+        assert len({m.key for m in result.messages}) == 3
+        return hashlib.sha256(b"".join(m.key for m in result.messages)).hexdigest()
+
+    assert trace(11) == trace(11)
+    assert keys(11) == keys(11)
+    assert trace(12) != trace(11)
+    assert keys(12) != keys(11)
 
 
 ARGS = ["--nodes", "200", "--seed", "3", "--loss", "20%", "--messages", "3", "--interval", "0.5"]

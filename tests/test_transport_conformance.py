@@ -589,7 +589,7 @@ async def test_udp_send_gives_up_when_the_buffer_stays_full() -> None:
             await a.send(b"never", b.local_address)
             await a.send_many(b"never", [b.local_address])
             assert trio.current_time() - start >= 0.1
-            assert a.statistics().send_errors == 2
+            assert a.statistics().send_errors == a.send_errors == 2
             assert a.statistics().datagrams_sent == 0
 
 

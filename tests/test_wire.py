@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 
 import attrs
@@ -236,6 +237,15 @@ def test_message_keys_carry_time_and_80_random_bits() -> None:
     assert len(keys) == 10_000  # same millisecond, still distinct
     assert all(len(k) == 16 and key_timestamp_ms(k) == 1_700_000_000_123 for k in keys)
     assert abs(key_timestamp_ms(new_message_key()) - time.time() * 1000) < 5000
+
+
+def test_message_keys_from_an_injected_rng_repeat_with_its_seed() -> None:
+    a, b = random.Random(7), random.Random(7)
+    keys = [new_message_key(1_700_000_000_123, a) for _ in range(3)]
+    assert keys == [new_message_key(1_700_000_000_123, b) for _ in range(3)]
+    assert len(set(keys)) == 3
+    assert all(key_timestamp_ms(k) == 1_700_000_000_123 for k in keys)
+    assert keys[0][6:] == random.Random(7).getrandbits(80).to_bytes(10, "big")
 
 
 @given(packets)

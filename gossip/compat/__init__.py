@@ -17,7 +17,7 @@ from gossip.compat.gogossip import (
     decode_untrusted,
     encode,
 )
-from gossip.compat.gogossip_engine import GoGossipEngine, GoGossipStatistics, Gossipiers
+from gossip.compat.gogossip_engine import GoGossipEngine, GoGossipStatistics
 from gossip.compat.legacy_cipher import LegacyGoGossipCipher, read_passphrase_file
 from gossip.compat.runtime import open_go_gossiper
 
@@ -27,7 +27,6 @@ __all__ = [
     "GoGossipEngine",
     "GoGossipPacket",
     "GoGossipStatistics",
-    "Gossipiers",
     "LegacyGoGossipCipher",
     "PullRequest",
     "PullResponse",

@@ -36,8 +36,6 @@ whole list without repetition (flaw 13); keys come from the injected generator (
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from typing import Protocol
 
 import attrs
 import cachetools
@@ -55,11 +53,12 @@ from gossip.compat.gogossip import (
     encode,
 )
 from gossip.compat.legacy_cipher import LegacyGoGossipCipher
+from gossip.discovery.base import Discovery
 from gossip.errors import LocalProtocolError, RemoteProtocolError
 from gossip.events import Event, MessageDelivered, Outgoing, PacketDropped
 from gossip.transport.base import Address
 
-__all__ = ["GoGossipEngine", "GoGossipStatistics", "Gossipiers"]
+__all__ = ["GoGossipEngine", "GoGossipStatistics"]
 
 #: Default per-source answer budget. A go-gossip peer asks one node at most once per
 #: 200 ms tick (5 per second); the burst absorbs jitter.
@@ -77,15 +76,6 @@ RATE_TABLE_SIZE = 1024
 #: is not delivered twice. 16 Ki keys cost well under 4 MB.
 SEEN_SIZE = 16 * 1024
 _KEY_DRAWS = 16
-
-
-class Gossipiers(Protocol):
-    """Where the engine finds peers to pull from: go-gossip's ``Discovery`` interface, whose
-    ``Gossipiers()`` becomes ``gossipiers()``. :class:`gossip.discovery.Discovery` fits."""
-
-    def gossipiers(self) -> Sequence[Address]:
-        """All peers that may be asked for messages."""
-        ...
 
 
 @attrs.frozen
@@ -129,7 +119,8 @@ class GoGossipEngine:
     """The go-gossip compatibility profile as a sans-IO state machine.
 
     Args:
-        discovery: an object with ``gossipiers() -> Sequence[Address]``.
+        discovery: where peers come from (:class:`~gossip.discovery.Discovery`: any object
+            with ``gossipiers()``, go-gossip's ``Gossipiers()``).
         rng: the source of randomness (peer choice, message keys). Tests pass a seeded
             ``random.Random``; production should pass ``random.SystemRandom()``.
         cipher: :class:`LegacyGoGossipCipher` for an encrypted cluster, ``None`` for a
@@ -151,7 +142,7 @@ class GoGossipEngine:
 
     def __init__(
         self,
-        discovery: Gossipiers,
+        discovery: Discovery,
         *,
         rng: random.Random,
         cipher: LegacyGoGossipCipher | None = None,
@@ -316,6 +307,12 @@ class GoGossipEngine:
         return list(self._cache.items())
 
     @property
+    def key_size(self) -> int:
+        """Go's 8-byte keys; :meth:`push` takes one (``key=``), which makes the engine a
+        :class:`~gossip.engine.KeyedPublisher`."""
+        return KEY_SIZE
+
+    @property
     def packet_types(self) -> range:
         """Every type byte: go-gossip's datagrams have no label, so this engine runs alone."""
         return range(256)
@@ -351,7 +348,7 @@ class GoGossipEngine:
             peers = self._rng.sample(peers, self._gossip_number)
         if not peers:
             return
-        self._outgoing.append(Outgoing(self._pull_datagram, tuple(peers)))
+        self._outgoing.append(Outgoing(self._pull_datagram, tuple(peers), "request"))
         self._count("pull_requests_sent", len(peers))
 
     def _on_pull_request(self, addr: Address, now: float) -> None:
@@ -373,7 +370,7 @@ class GoGossipEngine:
                 encode(chunk, self._cipher) for chunk in chunk_items(self._cache.items())
             )
         for datagram in self._answer:
-            self._outgoing.append(Outgoing(datagram, (addr,)))
+            self._outgoing.append(Outgoing(datagram, (addr,), "response"))
         self._count("requests_answered")
         self._count("response_datagrams_sent", len(self._answer))
 
@@ -394,4 +391,4 @@ class GoGossipEngine:
                 continue
             self._remember(key, value)
             self._count("messages_delivered")
-            self._events.append(MessageDelivered(key=key, data=value, origin=addr, at=now))
+            self._events.append(MessageDelivered(key=key, data=value, sender=addr, at=now))

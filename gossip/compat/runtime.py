@@ -15,8 +15,9 @@ from contextlib import asynccontextmanager
 import trio
 
 from gossip.compat.gogossip import GOSSIP_NUMBER
-from gossip.compat.gogossip_engine import GoGossipEngine, Gossipiers
+from gossip.compat.gogossip_engine import GoGossipEngine
 from gossip.compat.legacy_cipher import LegacyGoGossipCipher
+from gossip.discovery.base import Discovery
 from gossip.node import Gossiper, run_engine
 from gossip.transport.base import Transport
 
@@ -25,7 +26,7 @@ __all__ = ["open_go_gossiper"]
 
 @asynccontextmanager
 async def open_go_gossiper(
-    discovery: Gossipiers,
+    discovery: Discovery,
     transport: Transport,
     *,
     cipher: LegacyGoGossipCipher | None = None,

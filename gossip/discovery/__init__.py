@@ -1,4 +1,5 @@
-"""Discovery: who the peers are. Apps subclass :class:`Discovery`; the engine asks it often."""
+"""Discovery: who the peers are. :class:`Discovery` is a Protocol (anything with
+``gossipiers()``) that apps may also subclass; the engine asks it often."""
 
 from gossip.discovery.base import Discovery, StaticDiscovery
 

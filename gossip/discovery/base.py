@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Protocol, runtime_checkable
 
 from gossip.errors import LocalProtocolError
 from gossip.transport.base import Address
@@ -10,8 +11,18 @@ from gossip.transport.base import Address
 __all__ = ["Discovery", "StaticDiscovery"]
 
 
-class Discovery:
-    """Where a node finds its peers. Subclass it and override :meth:`gossipiers`.
+@runtime_checkable
+class Discovery(Protocol):
+    """Where a node finds its peers: any object with a :meth:`gossipiers` method (go-gossip's
+    ``Discovery`` interface). Every engine takes one: the native engine, the go-gossip profile.
+
+    A ``typing.Protocol``, so an object that merely has the method fits (and
+    ``isinstance(obj, Discovery)`` says so), and a class may also subclass it explicitly, as
+    the design card shows::
+
+        class MyDiscovery(Discovery):
+            def gossipiers(self) -> Sequence[Address]:
+                return self.members
 
     The engine calls ``gossipiers()`` every time it chooses peers (each push, forward and sync
     round), so membership changes take effect at once. Keep it cheap: return a cached sequence
@@ -21,7 +32,7 @@ class Discovery:
     def gossipiers(self) -> Sequence[Address]:
         """The peers to gossip with: ``(host, port)`` pairs with numeric hosts. It may include
         this node's own address; the engine skips it. (``Gossipiers()`` in go-gossip.)"""
-        raise NotImplementedError
+        raise NotImplementedError  # a subclass that forgot to override it
 
 
 class StaticDiscovery(Discovery):

@@ -7,11 +7,13 @@ push) it flushes the engine's datagrams into the heap, reads its events, and ask
 heap entry, and one event per anti-entropy interval.
 
 Determinism: one master seed makes the network's ``random.Random`` and one per engine (peer
-choice, sync jitter), and the choice of crashed nodes, late joiners, partition sides and message
-origins. Ties in the heap break by a sequence number; no set or hash order is ever iterated.
-Message keys still carry 80 bits from :mod:`secrets` (``gossip.wire.new_message_key``), but
-keys never steer the engine (its tables are insertion-ordered), so a seed reproduces every
-number of a run bit for bit; only the key bytes differ.
+choice, sync jitter, the random bits of message keys), and the choice of crashed nodes, late
+joiners, partition sides and message origins; the engines' clock is the virtual one (keys and
+labels carry virtual milliseconds), and an ``encrypted`` run draws its IVs from a generator
+seeded by the same seed. Ties in the heap break by a sequence number; no set or hash order is
+ever iterated. So a seed reproduces a run bit for bit, every datagram's bytes included:
+:attr:`SimResult.trace` is a SHA-256 over every event of the run (each arrival with its
+datagram, each timer, each start and push with its key), equal for equal seeds.
 
 Hop counts stay outside the engine and the wire: a node's copy of a message has hop
 ``h(sender) + 1``, where the sender is the source of the datagram that delivered it (the
@@ -20,10 +22,12 @@ origin has hop 0). The sender held its copy when it sent, so its hop is already 
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 import random
 import resource
+import struct
 import time
 from array import array
 from collections.abc import Callable, Sequence
@@ -34,7 +38,7 @@ import attrs
 from gossip.crypto import Keyring
 from gossip.discovery.base import Discovery
 from gossip.errors import LocalProtocolError
-from gossip.events import MessageDelivered, Outgoing
+from gossip.events import MessageDelivered
 from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.base import Address
 
@@ -55,14 +59,18 @@ __all__ = [
 #: Delivery fractions reported, as labels (percent) and values.
 FRACTIONS: Final = (("50", 0.5), ("90", 0.9), ("99", 0.99), ("99.99", 0.9999), ("100", 1.0))
 
-#: Counters of sent datagrams, by packet type (the label's type byte). ``digest`` is a
-#: ``PullSync`` of the periodic anti-entropy round; ``sync`` is the pull fallback of a push round
-#: without an ACK majority (to ``fanout + 2`` peers).
+#: Counters of sent datagrams, by the kind the engine gives each (``Outgoing.kind``). ``digest``
+#: is a ``PullSync`` of the periodic anti-entropy round; ``sync`` any other ``PullSync``: the
+#: pull fallback of a push round without an ACK majority (to ``fanout + 2`` peers), or a
+#: reverse sync.
 PACKET_TYPES: Final = ("push", "ack", "sync", "request", "response", "digest")
-_TYPE_OF_BYTE: Final = (0, 0, 1, 2, 3, 4)  # label type byte 1..5 -> index in PACKET_TYPES
-_DIGEST: Final = 5
-_PULL_SYNC_BYTE: Final = 3
-_PULL_RESPONSE_BYTE: Final = 5
+_INDEX: Final = {name: i for i, name in enumerate(PACKET_TYPES)}
+#: One record of the event log hashed into :attr:`SimResult.trace`: time, node, source (a
+#: node index, or one of the negative tags below), followed by the datagram or key if any.
+_RECORD: Final = struct.Struct("<dii")
+_TIMER: Final = -1
+_START: Final = -2
+_PUSH: Final = -3
 
 #: Cluster key of ``--encrypted`` runs (a fixed test key: the simulator measures behaviour).
 SIM_KEY: Final = bytes(range(32))
@@ -198,6 +206,7 @@ class MessageOutcome:
 
     Attributes:
         origin: index of the node that pushed it.
+        key: its message key (the same for the same seed).
         pushed_at: virtual time of the push.
         expected: live nodes (the origin included) that should get it.
         delivered: how many of them got it (the origin included).
@@ -209,6 +218,7 @@ class MessageOutcome:
     """
 
     origin: int
+    key: bytes
     pushed_at: float
     expected: int
     delivered: int
@@ -231,6 +241,9 @@ class SimResult:
     scenario: Scenario
     live_nodes: int
     messages: list[MessageOutcome]
+    #: Hex SHA-256 of the run's event log: every heap event (arrival with its datagram bytes,
+    #: timer), start and push (with the message key), in order. Equal seeds, equal traces.
+    trace: str
     sent: dict[str, int]
     bytes_sent: dict[str, int]
     window: float
@@ -264,25 +277,6 @@ class SimResult:
         out = {name: counts[name] / scale for name in PACKET_TYPES}
         out["total"] = sum(v for k, v in out.items() if digests or k != "digest")
         return out
-
-
-def _digest_start(outs: list[Outgoing]) -> int:
-    """Index of the first anti-entropy digest in the output of a timer firing that ran the
-    anti-entropy round: the engine emits that round last, as ``PullSync`` datagrams to one peer.
-    (A pull-fallback ``PullSync`` to that same peer right before them would be counted as a
-    digest: a ``5 / N`` chance per round, negligible.)"""
-    i = len(outs)
-    peer = None
-    while i > 0:
-        out = outs[i - 1]
-        if out.data[1] != _PULL_SYNC_BYTE or len(out.addrs) != 1:
-            break
-        if peer is None:
-            peer = out.addrs[0]
-        elif out.addrs[0] != peer:
-            break
-        i -= 1
-    return i
 
 
 class _PeerTable(tuple[Address, ...]):
@@ -348,11 +342,19 @@ class Simulation:
             self.side[i] = 1
         self.origins = [on_time[master.randrange(len(on_time))] for _ in range(sc.messages)]
         self.push_at = [sc.start + m * sc.interval for m in range(sc.messages)]
+        #: Each message's key, once pushed.
+        self.keys: list[bytes] = [b""] * sc.messages
 
         self.addrs = peers = _PeerTable(node_address(i) for i in range(n))
         peers.positions = {a: i for i, a in enumerate(peers)}
         discovery = _SharedDiscovery(peers)
-        keyring = Keyring(SIM_KEY) if sc.encrypted else None
+        # Seeded IVs: a simulated run's bytes are reproducible too (never do this on a network).
+        # A string seed, not a draw from ``master``: encrypted runs make the plain runs' choices.
+        keyring = (
+            Keyring(SIM_KEY, random_bytes=random.Random(f"sim IVs {sc.seed}").randbytes)
+            if sc.encrypted
+            else None
+        )
         cfg = sc.config
         self.engines: list[GossipEngine] = []
         placeholder: GossipEngine | None = None
@@ -408,13 +410,13 @@ class Simulation:
 
         sent = [0] * len(PACKET_TYPES)
         sent_bytes = [0] * len(PACKET_TYPES)
-        type_of = _TYPE_OF_BYTE
+        index_of = _INDEX
         dropped = {"loss": 0, "partition": 0, "offline": 0, "crashed": 0}
         n_loss = n_part = n_offline = n_crashed = 0
 
-        # Heap entries: (time, seq, node, src, datagram). src >= 0: a datagram from node src;
-        # src == -1: node's engine timer (valid only while timer_seq[node] == seq).
-        heap: list[tuple[float, int, int, int, bytes]] = []
+        # Heap entries: (time, seq, node, src, datagram, its kind). src >= 0: a datagram from
+        # node src; src == _TIMER: node's engine timer (valid only while timer_seq[node] == seq).
+        heap: list[tuple[float, int, int, int, bytes, str]] = []
         seq = 0
         timer_at = [-1.0] * n
         timer_seq = [0] * n
@@ -447,7 +449,9 @@ class Simulation:
         payload = bytes(sc.payload)
         events = 0
         now = end = 0.0
-        anti_entropy = False
+        trace = hashlib.sha256()
+        log = trace.update
+        record = _RECORD.pack
 
         while True:
             # ---- next event: control first on ties (a start precedes traffic at that time)
@@ -465,13 +469,17 @@ class Simulation:
                     state[node] = _LIVE
                     engine = engines[node]
                     engine.start(now)
+                    log(record(now, node, _START))
                 else:
                     if arg == sc.warmup:
                         snapshot = (list(sent), list(sent_bytes))
                     node = self.origins[arg]
                     engine = engines[node]
                     key = engine.push(payload, now)
+                    log(record(now, node, _PUSH))
+                    log(key)
                     msg_of[key] = arg
+                    self.keys[arg] = key
                     delivered_at[arg][node] = now
                     hop[arg][node] = 0
                     remaining[arg] -= 1
@@ -483,20 +491,19 @@ class Simulation:
                 if heap[0][0] > stop_at:
                     end = stop_at
                     break
-                now, s, node, src, data = heappop(heap)
+                now, s, node, src, data, kind_in = heappop(heap)
                 events += 1
                 if src < 0:
                     if timer_seq[node] != s:
                         continue  # superseded
+                    log(record(now, node, _TIMER))
                     timer_at[node] = -1.0
                     engine = engines[node]
-                    # Will this firing run the anti-entropy round? (Read only to label its
-                    # digests in the report; see _digest_start.)
-                    next_sync = getattr(engine, "_next_sync", None)
-                    anti_entropy = next_sync is not None and next_sync <= now
                     engine.handle_timer(now)
                     datagram = None
                 else:
+                    log(record(now, node, src))
+                    log(data)
                     st = state[node]
                     if st != _LIVE:
                         if st == _CRASHED:
@@ -511,14 +518,12 @@ class Simulation:
                     progress(total_done / total_expected, now, events)
 
             # ---- flush what the engine produced
-            outs = engine.datagrams_to_send()
-            first_digest = _digest_start(outs) if anti_entropy else len(outs)
-            anti_entropy = False
-            for j, out in enumerate(outs):
+            for out in engine.datagrams_to_send():
                 data = out.data
                 dst_addrs = out.addrs
+                what = out.kind
                 k = len(dst_addrs)
-                t = _DIGEST if j >= first_digest else type_of[data[1]]
+                t = index_of[what]
                 sent[t] += k
                 sent_bytes[t] += k * len(data)
                 for a in dst_addrs:
@@ -530,12 +535,12 @@ class Simulation:
                         n_loss += 1
                         continue
                     seq += 1
-                    heappush(heap, (now + lat_lo + lat_span * rng_random(), seq, dst, node, data))
+                    at = now + lat_lo + lat_span * rng_random()
+                    heappush(heap, (at, seq, dst, node, data, what))
                     if dup and rng_random() < dup:
                         seq += 1
-                        heappush(
-                            heap, (now + lat_lo + lat_span * rng_random(), seq, dst, node, data)
-                        )
+                        at = now + lat_lo + lat_span * rng_random()
+                        heappush(heap, (at, seq, dst, node, data, what))
             if datagram is not None:
                 for ev in engine.pop_events():
                     if type(ev) is MessageDelivered:
@@ -543,7 +548,7 @@ class Simulation:
                         if delivered_at[m][node] < 0:
                             delivered_at[m][node] = now
                             hop[m][node] = hop[m][src] + 1
-                            if datagram[1] == _PULL_RESPONSE_BYTE:
+                            if kind_in == "response":
                                 pulled[m] += 1
                             remaining[m] -= 1
                             total_done += 1
@@ -559,7 +564,7 @@ class Simulation:
                 timer_at[node] = t2
                 seq += 1
                 timer_seq[node] = seq
-                heappush(heap, (t2 if t2 > now else now, seq, node, -1, b""))
+                heappush(heap, (t2 if t2 > now else now, seq, node, _TIMER, b"", ""))
 
         dropped.update(loss=n_loss, partition=n_part, offline=n_offline, crashed=n_crashed)
         if snapshot is None:  # cannot happen: the measured pushes precede stop_at
@@ -573,6 +578,7 @@ class Simulation:
             scenario=sc,
             live_nodes=self.live_nodes,
             messages=[self._outcome(m) for m in range(sc.messages)],
+            trace=trace.hexdigest(),
             sent=sent_d,
             bytes_sent=bytes_d,
             window=window,
@@ -605,6 +611,7 @@ class Simulation:
             histogram[h] += 1
         return MessageOutcome(
             origin=self.origins[m],
+            key=self.keys[m],
             pushed_at=self.push_at[m],
             expected=expected,
             delivered=len(times),

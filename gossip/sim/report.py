@@ -135,6 +135,7 @@ def to_dict(result: SimResult) -> dict[str, Any]:
         },
         "virtual_time": result.virtual_time,
         "events": result.events,
+        "trace": result.trace,
         "wall_seconds": result.wall_seconds,
         "setup_seconds": result.setup_seconds,
         "peak_rss_mib": result.peak_rss_mib,

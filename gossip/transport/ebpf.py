@@ -758,12 +758,11 @@ class EBPFTransport:
                 except OSError:
                     return False
                 self._written = chunk
-            # UDPTransport.statistics() builds a frozen snapshot (about 2 us); the hot path
-            # reads the counter itself. TODO: a public accessor on UDPTransport.
+            # Not statistics(): it builds a frozen snapshot (about 2 us) on the hot path.
             udp = self._udp
-            errors = udp._send_errors
+            errors = udp.send_errors
             await udp.send(data, cloner.marker)
-            if udp._send_errors != errors:
+            if udp.send_errors != errors:
                 return False
         finally:
             self._busy = False

@@ -137,6 +137,12 @@ class UDPTransport(AsyncClosing):
         self._drops_at_close = 0
 
     @property
+    def send_errors(self) -> int:
+        """Datagrams not sent so far (``statistics().send_errors`` without building a
+        snapshot: a caller on the per-packet path compares it before and after a send)."""
+        return self._send_errors
+
+    @property
     def local_address(self) -> Address:
         """The bound ``(numeric host, port)``; the port is the real one when 0 was asked."""
         return self._local_address
