@@ -26,11 +26,15 @@ class Outgoing:
             fallback or a reverse sync), ``digest`` (the PullSync of a periodic anti-entropy
             round), ``request``, ``response``; the go-gossip engine: ``request``,
             ``response``. ``""``: not said. The runtime does not read it.
+        reliable: it must not be lost (a full-state transfer, a membership verdict): the
+            runtime sends it on the node's stream transport when it has one, as it does any
+            datagram larger than the datagram transport's limit.
     """
 
     data: bytes
     addrs: tuple[Address, ...]
     kind: str = ""
+    reliable: bool = False
 
 
 @attrs.frozen(slots=True)

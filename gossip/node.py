@@ -47,7 +47,7 @@ from gossip.events import MessageDelivered, Outgoing
 from gossip.mux import Mux
 from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.base import Address, Transport, TransportStatistics
-from gossip.wire import Codec
+from gossip.wire import DEFAULT_MAX_DATAGRAM, Codec
 
 __all__ = [
     "RECEIVE_BATCH",
@@ -128,7 +128,13 @@ class Gossiper(Generic[E_co]):
         *,
         delivery: Delivery = "wait",
         mux: Mux | None = None,
+        stream: Transport | None = None,
+        datagram_limit: int = DEFAULT_MAX_DATAGRAM,
     ) -> None:
+        #: A stream transport beside ``transport`` (TCP), listening on the same port: what
+        #: must not be lost or does not fit ``datagram_limit`` goes there.
+        self.stream = stream
+        self._datagram_limit = datagram_limit
         #: The engine ``push`` and delivery go through (the broadcast engine).
         self.engine = engine
         #: Every engine of the node, ``engine`` included, behind one router.
@@ -327,11 +333,16 @@ class Gossiper(Generic[E_co]):
             outgoing = mux.datagrams_to_send()
         if events is None:
             events = mux.pop_events()
+        stream = self.stream
         for out in outgoing:
+            via = transport
+            if stream is not None and (out.reliable or len(out.data) > self._datagram_limit):
+                # Peers listen for streams on their datagram port: the same address.
+                via = stream
             if len(out.addrs) == 1:
-                await transport.send(out.data, out.addrs[0])
+                await via.send(out.data, out.addrs[0])
             else:
-                await transport.send_many(out.data, out.addrs)
+                await via.send_many(out.data, out.addrs)
         if events:
             self._deliver(events)
         self._update_deadline()
@@ -367,9 +378,15 @@ class Gossiper(Generic[E_co]):
         if self._pushers:
             self._pushers.unpark_all()  # they re-check the window themselves
 
-    async def _receive_loop(self) -> None:
-        receive = self.transport.receive
-        receive_nowait = self._receive_nowait
+    async def _receive_loop(self, transport: Transport | None = None) -> None:
+        """Feed what ``transport`` (default: the datagram transport) receives to the mux."""
+        if transport is None:
+            transport = self.transport
+            receive_nowait = self._receive_nowait
+        else:
+            nowait = getattr(transport, "receive_nowait", None)
+            receive_nowait = nowait if callable(nowait) else None
+        receive = transport.receive
         engine = self.mux
         current_time = trio.current_time
         while True:
@@ -448,23 +465,46 @@ async def run_engine(
     clock_offset: float = 0.0,
     delivery: Delivery = "wait",
     others: Sequence[Engine[Any]] = (),
+    stream: Transport | None = None,
+    datagram_limit: int = DEFAULT_MAX_DATAGRAM,
 ) -> AsyncIterator[Gossiper[P]]:
     """Drive any sans-IO ``engine`` (and ``others`` sharing its node, each owning its own
     packet types) over ``transport`` until the block exits. The engines must already be
     started; ``clock_offset`` is what ``engine`` adds to trio time to get Unix time.
 
+    ``stream``: a second, stream transport (``open_tcp_transport``) on the same port as
+    ``transport``; outputs marked ``reliable`` and datagrams longer than ``datagram_limit``
+    go there, and what it receives is handled like any datagram.
+
     Raises:
-        LocalProtocolError: a setting out of range, or engines whose packet types collide.
+        LocalProtocolError: a setting out of range, engines whose packet types collide, or a
+            stream transport on another port than the datagram transport.
     """
+    if stream is not None and stream.local_address[1] != transport.local_address[1]:
+        raise LocalProtocolError(
+            f"the stream transport listens on port {stream.local_address[1]}, the datagram "
+            f"transport on {transport.local_address[1]}: peers reach both at one address"
+        )
     if not isinstance(delivery_queue, int) or delivery_queue < 1:
         raise LocalProtocolError("delivery_queue must be an integer >= 1")
     if delivery not in ("wait", "drop"):
         raise LocalProtocolError(f"delivery must be 'wait' or 'drop', got {delivery!r}")
     mux = Mux([engine, *others])
-    gossiper = Gossiper(engine, transport, delivery_queue, clock_offset, delivery=delivery, mux=mux)
+    gossiper = Gossiper(
+        engine,
+        transport,
+        delivery_queue,
+        clock_offset,
+        delivery=delivery,
+        mux=mux,
+        stream=stream,
+        datagram_limit=datagram_limit,
+    )
     with single_exception():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(gossiper._receive_loop)
+            if stream is not None:
+                nursery.start_soon(gossiper._receive_loop, stream)
             nursery.start_soon(gossiper._timer_loop)
             nursery.start_soon(gossiper._flush_loop)
             try:
@@ -485,6 +525,8 @@ async def open_gossiper(
     delivery_queue: int = 1024,
     delivery: Delivery = "wait",
     engines: Sequence[EngineFactory] = (),
+    stream: Transport | None = None,
+    datagram_limit: int = DEFAULT_MAX_DATAGRAM,
 ) -> AsyncIterator[Gossiper[GossipEngine]]:
     """Run a gossip node on ``transport`` until the block exits.
 
@@ -513,6 +555,11 @@ async def open_gossiper(
         engines: factories of more engines that share this node (its port, codec, keyring,
             replay guard and timer): see :mod:`gossip.engine`. Their events reach
             :meth:`Gossiper.subscribe`.
+        stream: a stream transport (``open_tcp_transport``) on the same port as
+            ``transport``: outputs an engine marks ``reliable``, and datagrams longer than
+            ``datagram_limit``, are sent on it (raise ``config.max_datagram`` to publish
+            messages larger than a datagram). ``None``: everything goes on ``transport``.
+        datagram_limit: the largest datagram sent on ``transport`` when a ``stream`` exists.
     """
     # Labels and keys carry wall-clock time; the engine runs on trio's clock (MockClock in tests).
     clock_offset = time.time() - trio.current_time()
@@ -542,5 +589,7 @@ async def open_gossiper(
         clock_offset=clock_offset,
         delivery=delivery,
         others=others,
+        stream=stream,
+        datagram_limit=datagram_limit,
     ) as gossiper:
         yield gossiper

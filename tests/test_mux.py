@@ -18,9 +18,11 @@ from gossip.errors import LocalProtocolError, MalformedPacket, RemoteProtocolErr
 from gossip.events import MessageDelivered, Outgoing, PacketDropped
 from gossip.mux import Mux
 from gossip.node import Gossiper, open_gossiper
-from gossip.protocol import GossipEngine
-from gossip.transport.base import Address
+from gossip.protocol import GossipConfig, GossipEngine
+from gossip.transport.base import Address, Transport, TransportStatistics
 from gossip.transport.memory import MemoryNetwork
+from gossip.transport.tcp import open_tcp_transport
+from gossip.transport.udp import open_udp_transport
 from gossip.wire import PACKET_RANGES, Codec, PushAck, packet_range
 
 from .harness import addr
@@ -312,3 +314,131 @@ async def test_subscribing_to_delivered_messages_is_a_clear_error(
     async with open_gossiper(StaticDiscovery([]), t) as node:
         with pytest.raises(LocalProtocolError, match="receive"):
             node.subscribe(MessageDelivered, print)
+
+
+# -- a datagram transport and a stream transport on one node -------------------------------
+
+
+class Recording:
+    """A transport that records the size of every datagram sent through it."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+        self.sizes: list[int] = []
+
+    @property
+    def local_address(self) -> Address:
+        return self.inner.local_address
+
+    async def send(self, data: bytes, addr: Address) -> None:
+        self.sizes.append(len(data))
+        await self.inner.send(data, addr)
+
+    async def send_many(self, data: bytes, addrs: Sequence[Address]) -> None:
+        self.sizes.extend(len(data) for _ in addrs)
+        await self.inner.send_many(data, addrs)
+
+    async def receive(self) -> tuple[bytes, Address]:
+        return await self.inner.receive()
+
+    def statistics(self) -> TransportStatistics:
+        return self.inner.statistics()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class ReliablePong(PingEngine):
+    """Pongs must not be lost: they are marked for the stream transport."""
+
+    def receive(self, datagram: bytes, addr: Address, now: float) -> None:
+        super().receive(datagram, addr, now)
+        self.out = [attrs.evolve(o, reliable=True) for o in self.out]
+
+
+async def test_large_and_reliable_outputs_go_on_the_stream_transport(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    datagrams, streams = MemoryNetwork(seed=6), MemoryNetwork(seed=7)
+    addrs = [("10.0.0.1", 7946), ("10.0.0.2", 7946)]
+    dgram = [Recording(datagrams.open_transport(a)) for a in addrs]
+    stream = [Recording(streams.open_transport(a)) for a in addrs]
+    key = generate_key()
+    config = GossipConfig(max_datagram=9000)  # messages up to ~9 KB, larger than a datagram
+    got: list[list[bytes]] = [[], []]
+    pongs: list[list[Pong]] = [[], []]
+    async with trio.open_nursery() as nursery:
+        nodes: list[Gossiper[GossipEngine]] = []
+
+        async def run(i: int, task_status: trio.TaskStatus[None]) -> None:
+            async with open_gossiper(
+                StaticDiscovery(addrs),
+                dgram[i],
+                config,
+                keyring=Keyring(key),
+                rng=random.Random(i),
+                engines=[ReliablePong],
+                stream=stream[i],
+            ) as node:
+                node.subscribe(Pong, pongs[i].append)
+                nodes.append(node)
+                task_status.started()
+                async for m in node:
+                    got[i].append(m.data)
+
+        for i in range(2):
+            await nursery.start(run, i)
+        big, small = b"L" * 5000, b"s" * 100
+        await nodes[0].push(big)
+        await nodes[0].push(small)
+        await trio.sleep(1.5)
+        nursery.cancel_scope.cancel()
+    assert sorted(got[1]) == sorted([big, small])
+    # Nothing longer than a datagram went on the datagram transports ...
+    assert max(dgram[0].sizes + dgram[1].sizes) <= 1400
+    # ... the 5 KB push did go on the stream, and so did every (reliable) pong.
+    assert max(stream[0].sizes) > 5000
+    assert len(pongs[0]) == len(pongs[1]) == 1
+    pong_size = len(Codec(Keyring(key)).seal(PONG, bytes(4), 0.0))
+    assert stream[1].sizes.count(pong_size) >= 1
+
+
+async def test_a_stream_on_another_port_is_a_clear_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    net = MemoryNetwork()
+    with pytest.raises(LocalProtocolError, match="one address"):
+        async with open_gossiper(
+            StaticDiscovery([]),
+            net.open_transport(("10.0.0.1", 7946)),
+            stream=net.open_transport(("10.0.0.1", 7947)),
+        ):
+            pass
+
+
+async def test_udp_and_tcp_on_one_port_carry_a_message_larger_than_a_datagram() -> None:
+    key = generate_key()
+    payload = bytes(range(256)) * 80  # 20 KiB
+    config = GossipConfig(max_datagram=30000)
+    with trio.fail_after(10):
+        async with (
+            open_udp_transport("127.0.0.1") as ua,
+            open_udp_transport("127.0.0.1") as ub,
+            open_tcp_transport("127.0.0.1", ua.local_address[1]) as ta,
+            open_tcp_transport("127.0.0.1", ub.local_address[1]) as tb,
+        ):
+            peers = [ua.local_address, ub.local_address]
+            async with (
+                open_gossiper(
+                    StaticDiscovery(peers), ua, config, keyring=Keyring(key), stream=ta
+                ) as a,
+                open_gossiper(
+                    StaticDiscovery(peers), ub, config, keyring=Keyring(key), stream=tb
+                ) as b,
+            ):
+                await a.push(payload)
+                message = await b.receive()
+                assert message.data == payload
+                assert message.sender == ua.local_address
+                assert tb.statistics().datagrams_received >= 1
+                assert ub.statistics().bytes_received < len(payload)
