@@ -170,9 +170,14 @@ class Gossiper(Generic[E]):
 
     async def receive(self) -> Message:
         """Wait for the next delivered message."""
-        while not self._queue:
-            await self._readers.park()
-        await trio.lowlevel.checkpoint()
+        if self._queue:
+            await trio.lowlevel.checkpoint()  # a checkpoint even when nothing needs waiting
+        else:
+            # park() is the checkpoint: one more after it cost every node a second trip through
+            # the scheduler per delivered message (the application task's steps per node and
+            # message at N = 128 on loopback: 2.04, against 1.05 before 098fd86 and now).
+            while not self._queue:
+                await self._readers.park()
         return self._take()
 
     def receive_nowait(self) -> Message:
