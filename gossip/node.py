@@ -238,21 +238,25 @@ class Gossiper(Generic[E_co]):
                 delivered before was read; ``async for message in node`` then ends.
         """
         if not self._queue:
+            # park() is the checkpoint: one more after it cost every node a second trip through
+            # the scheduler per delivered message (N = 128 on loopback: 2.04 application-task
+            # steps per node and message, against 1.05 without).
             while not self._queue:
                 if self._closed:
                     raise trio.EndOfChannel
                 await self._readers.park()
-            self._unyielded = 0
+            self._unyielded = 1
         else:
             # The receive loop queues up to RECEIVE_BATCH messages per pass through trio's
             # scheduler; a reader that yielded after every message would take one per pass,
-            # fall behind, fill the queue and make the node defer. So yield once per batch.
-            self._unyielded += 1
-            if self._unyielded >= RECEIVE_BATCH:
-                self._unyielded = 0
+            # fall behind, fill the queue and make the node defer. So it yields at the first
+            # of each RECEIVE_BATCH messages taken without waiting (cancellation is seen at
+            # every one).
+            if self._unyielded == 0:
                 await trio.lowlevel.checkpoint()
             else:
                 await trio.lowlevel.checkpoint_if_cancelled()
+            self._unyielded = (self._unyielded + 1) % RECEIVE_BATCH
         return self._take()
 
     def receive_nowait(self) -> Message:

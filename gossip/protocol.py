@@ -58,6 +58,7 @@ from gossip.transport.base import Address
 from gossip.wire import (
     DEFAULT_MAX_DATAGRAM,
     MAX_DATAGRAM_LIMIT,
+    MESSAGE_KEY_SIZE,
     MIN_DATAGRAM_LIMIT,
     PACKET_RANGES,
     Codec,
@@ -390,7 +391,10 @@ class GossipEngine:
         # Doubled by each push round that ends without its majority, reset by the next ACK
         # that comes in time (RFC 6298's back-off): under a burst ACKs queue behind data,
         # and a wait sized for an idle LAN would turn every round into a PullSync fallback.
+        # Also forgotten by a node whose rounds have not failed for one backed-off wait (see
+        # _spread), so that it cannot outlive the queues it answers.
         self._backoff = 1.0
+        self._last_failure = -math.inf
         # Fallback offers of failed rounds, per peer, sent together one round trip after the
         # first: under a burst many rounds fail at once, and one digest per failed round
         # (5 datagrams each) would feed the congestion that made them fail.
@@ -586,6 +590,7 @@ class GossipEngine:
             # it is a duplicate, which is why it is not preferred (measured both ways).
             self._n_failed_rounds += 1
             self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+            self._last_failure = now
             if own:
                 self._window = max(1.0, self._window / 2)
             known: set[Address | None] = {rnd.exclude, *rnd.acked}
@@ -595,7 +600,12 @@ class GossipEngine:
                 # At most one batch of offers per smoothed round trip: ~1 ms on an idle LAN,
                 # and as long as the queues are under a burst, which is when rounds fail.
                 self._offers_due = now + (self._srtt or 0.0)
-        if offers and self._offers_due is not None and now >= self._offers_due:
+        due = self._offers_due
+        if offers and (not self._rounds or (due is not None and now >= due)):
+            # With no round in flight, no other round can fail within a round trip (a new one
+            # waits at least 4 srtt): waiting would batch nothing and cost a timer wake-up and
+            # a round trip per failed round (an idle cluster's case; under a burst rounds are
+            # always in flight and the batch waits).
             self._send_offers(now)
         self._retry_pulls(now)
         if self._next_sync is not None and now >= self._next_sync:
@@ -696,20 +706,30 @@ class GossipEngine:
         offered before. Never answered in turn: a reverse digest lists only keys its receiver
         lacks, and a digest with a missing key gets a PullRequest, not a digest."""
         listed = set(keys)
-        newest = max(key_timestamp_ms(k) for k in keys)
+        # A key starts with its time (big-endian), so bytes order is time order: keys are
+        # compared whole, not decoded. This runs for every digest that finds nothing missing
+        # (~1 per node and message), and in an up-to-date cluster it finds nothing: the
+        # cheapest test goes first (the cache's __contains__ is a Python call).
+        newest = key_timestamp_ms(max(keys))
         # Strictly newer: each reverse digest then only climbs in time, so an exchange always
         # ends (with ">=", two keys made in the same millisecond bounced back and forth forever).
         floor = max(newest + 1, oldest)
+        if floor >> 48:
+            return  # a key from the far future (it was not taken): nothing is newer
+        floor_key = floor.to_bytes(6, "big") + bytes(MESSAGE_KEY_SIZE - 6)
         # From the newest end of the arrival order, a bounded walk (the cache may hold 10^5).
         order, cache, head = self._order, self._cache, self._order_head
         newer: list[bytes] = []
+        wanted = len(keys)
         i = len(order)
-        stop = max(head, i - 4 * len(keys) - 64)
-        while i > stop and len(newer) < len(keys):
+        stop = max(head, i - 4 * wanted - 64)
+        while i > stop:
             i -= 1
             k = order[i]
-            if k in cache and k not in listed and key_timestamp_ms(k) >= floor:
+            if k >= floor_key and k not in listed and k in cache:
                 newer.append(k)
+                if len(newer) == wanted:
+                    break
         if newer:
             newer.reverse()
             self._pull_sync(newer, (addr,), now)  # no larger than the digest
@@ -785,6 +805,15 @@ class GossipEngine:
         self._rounds[key] = rnd
         if sender is None:
             self._own.add(key)
+        if self._backoff > 1.0 and now - self._last_failure > self._ack_wait():
+            # No round failed for a whole backed-off wait: nothing says the queues it answered
+            # are still there (as TCP restarts its window after an idle RTO). Kept until the
+            # next ACK in time, it outlived them on an idle cluster: at 0 % loss most failed
+            # rounds are silent because their targets had the message (a duplicate is not
+            # ACKed), so one message's duplicates stretched the wait of the next, whose
+            # fallback offers then landed in the message after it, each answered there with a
+            # reverse sync (N = 128 on loopback: +0.2 PullSync per node and message).
+            self._backoff = 1.0
         self._timer_seq += 1
         heapq.heappush(self._timers, (now + self._ack_wait(), self._timer_seq, key))
 

@@ -309,6 +309,59 @@ def test_ack_wait_backs_off_after_a_failed_round_and_resets_on_an_ack() -> None:
     assert origin.statistics().ack_rounds_failed == 2
 
 
+def test_a_back_off_is_forgotten_after_a_backed_off_wait_without_failures() -> None:
+    """An idle node's next round waits the plain time: at 0 % loss most failed rounds are
+    silent duplicates, and a back-off kept until the next ACK stretched the next message's
+    wait and pushed its fallback into the message after."""
+    h = Harness(6, config=GossipConfig(sync_interval=100.0))
+    origin = h.engines[0]
+    h.push(0, b"first")
+    h.deliver_all()  # an RTT sample of 0: the wait is min_ack_timeout (5 ms)
+    h.push(0, b"lost")
+    h.in_flight.clear()
+    h.advance(0.0051)  # it fails: the wait doubles (10 ms)
+    assert origin.statistics().ack_rounds_failed == 1
+    h.in_flight.clear()
+    h.advance(0.011)  # no round fails for longer than that
+    h.push(0, b"later")
+    h.in_flight.clear()
+    h.advance(0.0051)  # the plain wait again: it has failed already
+    assert origin.statistics().ack_rounds_failed == 2
+
+
+def test_offers_wait_a_round_trip_only_while_other_rounds_may_join_them() -> None:
+    h = Harness(8, config=GossipConfig(sync_interval=100.0))
+    origin = h.engines[0]
+    h.push(0, b"sample")
+    h.advance(0.002)
+    h.deliver_all()  # srtt 2 ms, rttvar 1 ms: the wait is 4 srtt = 8 ms
+
+    def offered() -> set[bytes]:
+        syncs = [_packet(h, d) for src, _, d in h.in_flight if src == addr(0)]
+        return {k for p in syncs if isinstance(p, PullSync) for k in p.keys}
+
+    lone = h.push(0, b"lone")
+    h.in_flight.clear()
+    h.advance(0.0081)  # nothing else in flight: its offers leave at its deadline
+    assert offered() == {lone}
+    h.in_flight.clear()
+    h.advance(0.02)  # long enough to forget the back-off of that failure
+    first = h.push(0, b"lost 1")
+    h.advance(0.001)
+    second = h.push(0, b"lost 2")
+    h.in_flight.clear()
+    h.advance(0.0071)  # the first fails with the second in flight: its offers wait
+    assert offered() == set()
+    assert origin.get_timer() == pytest.approx(h.now + 0.0009)  # the second's deadline
+    h.advance(0.001)  # the second fails within the round trip: one batch for both, now
+    assert offered() == {first, second}
+    peers = [dst for src, dst, _ in h.in_flight if src == addr(0)]
+    assert len(peers) == len(set(peers))  # one datagram per peer
+    due = origin.get_timer()
+    assert due is not None
+    assert due > h.now + 1  # nothing left to wake up for but anti-entropy
+
+
 def test_fallback_offers_of_rounds_failing_together_share_datagrams() -> None:
     h = Harness(8, config=GossipConfig(sync_interval=100.0))
     h.push(0, b"sample")

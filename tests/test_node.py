@@ -146,6 +146,47 @@ async def test_slow_application_waits_then_gets_everything(
     await run_cluster(transports, body, delivery_queue=4, readers=frozenset(range(1, 6)))
 
 
+async def test_receive_is_one_checkpoint_whether_it_waits_or_not(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A queued message is taken at a checkpoint; a reader that has to wait is woken once
+    per message (the park is its checkpoint), not woken and then rescheduled again."""
+    net = MemoryNetwork(seed=1)
+    transports: list[Transport] = [net.open_transport() for _ in range(3)]
+
+    class Steps(trio.abc.Instrument):
+        def __init__(self) -> None:
+            self.of: dict[trio.lowlevel.Task, int] = {}
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            self.of[task] = self.of.get(task, 0) + 1
+
+    async def body(nodes: list[Gossiper[GossipEngine]], got: list[dict[bytes, Message]]) -> None:
+        del got
+        key = await nodes[1].push(b"queued")
+        await trio.sleep(1)
+        with trio.testing.assert_checkpoints():
+            assert (await nodes[0].receive()).key == key
+        steps = Steps()
+        trio.lowlevel.add_instrument(steps)
+        taken: list[bytes] = []
+        reader: list[trio.lowlevel.Task] = []
+
+        async def read() -> None:
+            reader.append(trio.lowlevel.current_task())
+            taken.append((await nodes[0].receive()).key)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await trio.sleep(1)
+            key = await nodes[2].push(b"awaited")
+        trio.lowlevel.remove_instrument(steps)
+        assert taken == [key]
+        assert steps.of[reader[0]] == 2  # its start (up to the park), and the wake-up
+
+    await run_cluster(transports, body, readers=frozenset({1, 2}))
+
+
 async def test_shutdown_and_closed_transport(autojump_clock: trio.testing.MockClock) -> None:
     """go-gossip flaw 14: no shutdown path, and a closed socket made the read loop spin."""
     net = MemoryNetwork()

@@ -88,3 +88,13 @@ def test_keys_of_the_same_millisecond_cannot_ping_pong() -> None:
             if decode_untrusted(out.data).__class__ is PullSync
         ]
     assert queue == []
+
+
+def test_a_key_from_the_far_future_in_a_digest_is_answered_with_nothing() -> None:
+    """The newest listed key sets the floor of the reverse digest; the largest time a key can
+    carry (2^48 - 1 ms) leaves nothing newer, and must not break the comparison of keys."""
+    b, old, new = _holder(GossipConfig(reverse_sync=True))
+    future = b"\xff" * 6 + bytes(10)
+    b.receive(encode(PullSync((old, new, future)), 0.01), ADDRS[0], 0.01)
+    assert b.datagrams_to_send() == []
+    assert b.statistics().dropped == {}
