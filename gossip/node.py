@@ -157,8 +157,6 @@ class Gossiper(Generic[E_co]):
         self._unyielded = 0  # messages receive() returned since it last yielded
         self._timer_scope = trio.CancelScope()
         self._deadline = math.inf
-        receive_nowait = getattr(transport, "receive_nowait", None)
-        self._receive_nowait = receive_nowait if callable(receive_nowait) else None
 
     @property
     def local_address(self) -> Address:
@@ -386,10 +384,8 @@ class Gossiper(Generic[E_co]):
         """Feed what ``transport`` (default: the datagram transport) receives to the mux."""
         if transport is None:
             transport = self.transport
-            receive_nowait = self._receive_nowait
-        else:
-            nowait = getattr(transport, "receive_nowait", None)
-            receive_nowait = nowait if callable(nowait) else None
+        nowait = getattr(transport, "receive_nowait", None)  # optional in the protocol
+        receive_nowait = nowait if callable(nowait) else None
         receive = transport.receive
         engine = self.mux
         current_time = trio.current_time

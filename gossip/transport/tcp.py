@@ -519,7 +519,7 @@ class TCPTransport(AsyncClosing):
 
     # -- receiving -----------------------------------------------------------------------
 
-    def _check_receive(self) -> None:
+    def _check_open(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the transport is closed")
         if self._broken is not None:
@@ -549,7 +549,7 @@ class TCPTransport(AsyncClosing):
             self._recv_streak = 0
             await trio.lowlevel.checkpoint()
         while True:
-            self._check_receive()
+            self._check_open()
             if self._inbox:
                 self._recv_streak += 1
                 return self._take()
@@ -564,18 +564,12 @@ class TCPTransport(AsyncClosing):
             trio.ClosedResourceError: the transport is closed.
             trio.BrokenResourceError: the transport failed.
         """
-        self._check_receive()
+        self._check_open()
         if self._inbox:
             return self._take()
         raise trio.WouldBlock
 
     # -- sending -------------------------------------------------------------------------
-
-    def _check_send(self) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("send on a closed transport")
-        if self._broken is not None:
-            raise trio.BrokenResourceError("the transport failed") from self._broken
 
     async def send(self, data: bytes, addr: Address) -> None:
         """Send one frame to the transport listening at ``addr`` (numeric host).
@@ -590,7 +584,7 @@ class TCPTransport(AsyncClosing):
         if self._send_streak >= CHECKPOINT_EVERY:
             self._send_streak = 0
             await trio.lowlevel.checkpoint()
-        self._check_send()
+        self._check_open()
         self._send_streak += 1
         if not self._send_nowait(data, addr):
             await self._send_when_room(data, addr)
@@ -602,12 +596,12 @@ class TCPTransport(AsyncClosing):
             trio.ClosedResourceError: the transport is closed.
             trio.BrokenResourceError: the transport failed.
         """
-        self._check_send()
+        self._check_open()
         for addr in addrs:
             if self._send_streak >= CHECKPOINT_EVERY:
                 self._send_streak = 0
                 await trio.lowlevel.checkpoint()
-                self._check_send()
+                self._check_open()
             self._send_streak += 1
             if not self._send_nowait(data, addr):
                 await self._send_when_room(data, addr)
@@ -668,7 +662,7 @@ class TCPTransport(AsyncClosing):
                     self._send_nowait(data, addr)
                     return
                 await conn.room.park()
-                self._check_send()
+                self._check_open()
         # The peer took nothing for send_timeout while we had more to give: it is stuck.
         self._drop_frames("send_timeout")
         conn = self._out.get(addr)
