@@ -40,10 +40,10 @@ from contextlib import AsyncExitStack
 import attrs
 import trio
 
+from gossip.broadcast import GossipConfig, GossipEngine
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery.base import StaticDiscovery
 from gossip.node import Gossiper, open_gossiper
-from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.udp import open_udp_transport
 
 #: Packet types in the engine's ``sent_by_type`` counters, in table order.

@@ -27,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from gossip.protocol import GossipConfig
+from gossip.broadcast import GossipConfig
 from gossip.sim import Scenario, simulate
 from gossip.sim.core import LAN, Latency
 

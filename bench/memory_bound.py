@@ -38,10 +38,10 @@ import attrs
 import trio
 
 from bench._proc import read_status_kib
+from gossip.broadcast import GossipConfig
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery.base import StaticDiscovery
 from gossip.node import open_gossiper
-from gossip.protocol import GossipConfig
 from gossip.transport.udp import open_udp_transport
 from gossip.wire import Codec, PacketType, PushMessage, new_message_key
 

@@ -23,10 +23,10 @@ import time
 import trio
 import trio.testing
 
+from gossip.broadcast import GossipConfig, GossipEngine
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.node import Gossiper, open_gossiper
-from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.memory import LinkConditions, MemoryNetwork
 
 

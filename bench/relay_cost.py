@@ -56,10 +56,10 @@ from Crypto.Cipher import AES
 from Crypto.Hash import SHA256
 from Crypto.Protocol.KDF import HKDF
 
+from gossip.broadcast import GossipConfig, GossipEngine
 from gossip.crypto import SALT, TAG_SIZE, Keyring, generate_key
 from gossip.discovery.base import StaticDiscovery
 from gossip.node import open_gossiper
-from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.udp import open_udp_transport
 from gossip.wire import Codec, PushMessage, new_message_key
 

@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gossip.protocol import GossipConfig
+from gossip.broadcast import GossipConfig
 from gossip.sim import Scenario, Simulation
 from gossip.sim.report import to_dict
 from gossip.sim.theory import SERF_ROUND, push_pull_rounds, push_rounds, serf_fraction

@@ -12,6 +12,7 @@ The eBPF transport (``gossip.transport.ebpf.open_ebpf_transport``) is imported f
 it loads ctypes bindings this package does not need otherwise.
 """
 
+from gossip.broadcast import EngineStatistics, GossipConfig, GossipEngine
 from gossip.crypto import Keyring, generate_key, key_from_passphrase
 from gossip.discovery import Discovery, StaticDiscovery
 from gossip.engine import Engine, EngineContext, Publisher
@@ -24,7 +25,6 @@ from gossip.errors import (
 )
 from gossip.events import MessageDelivered, Outgoing, PacketDropped
 from gossip.node import Gossiper, GossiperStatistics, Message, open_gossiper, run_engine
-from gossip.protocol import EngineStatistics, GossipConfig, GossipEngine
 from gossip.transport.base import Address, Transport, TransportStatistics
 from gossip.transport.memory import LinkConditions, MemoryNetwork
 from gossip.transport.tcp import open_tcp_transport

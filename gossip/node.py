@@ -39,13 +39,13 @@ import attrs
 import trio
 
 from gossip._trio import single_exception
+from gossip.broadcast import GossipConfig, GossipEngine
 from gossip.crypto import Keyring, ReplayGuard
 from gossip.discovery.base import Discovery
 from gossip.engine import Engine, EngineContext, KeyedPublisher, Publisher
 from gossip.errors import LocalProtocolError
 from gossip.events import MessageDelivered, Outgoing
 from gossip.mux import Mux
-from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.base import Address, Transport, TransportStatistics
 from gossip.wire import DEFAULT_MAX_DATAGRAM, Codec
 
@@ -100,7 +100,7 @@ class Message:
 @attrs.frozen
 class GossiperStatistics(Generic[S]):
     """A snapshot: the engine's and the transport's counters, and the delivery queue's.
-    ``engine`` is the publishing engine's own (:class:`~gossip.protocol.EngineStatistics`
+    ``engine`` is the publishing engine's own (:class:`~gossip.broadcast.EngineStatistics`
     for the native engine). ``push_waits`` counts ``push`` calls that had to wait (the
     source was paced); ``dropped`` counts datagrams of a type no engine of the node owns."""
 
@@ -541,7 +541,7 @@ async def open_gossiper(
     Args:
         discovery: where peers come from.
         transport: the network; the caller keeps ownership (it is not closed here).
-        config: protocol parameters (:class:`~gossip.protocol.GossipConfig`).
+        config: protocol parameters (:class:`~gossip.broadcast.GossipConfig`).
         keyring: cluster keys; ``None`` runs a plain-text cluster.
         rng: randomness for peer choice, jitter and message keys; seed it for reproducible
             runs (tests, simulations). ``None`` (for production): keys from :mod:`secrets`,

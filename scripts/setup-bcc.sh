@@ -9,7 +9,7 @@
 #    kernel (/lib/modules/$(uname -r)/build), Debian's linux-headers-amd64 serves: TC programs use
 #    only the stable uapi. bcc wants one tree, Debian splits it into -common and -amd64, and
 #    neither alone works: merge them as a symlink tree in .venv/share/bcc-kernel-source, which
-#    gossip/transport/_bcc_loader.py passes as BCC_KERNEL_SOURCE.
+#    gossip/transport/ebpf/_bcc_loader.py passes as BCC_KERNEL_SOURCE.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 venv=${VENV:-"$here/../.venv"}

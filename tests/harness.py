@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 
+from gossip.broadcast import GossipConfig, GossipEngine
 from gossip.crypto import Keyring
 from gossip.discovery import StaticDiscovery
 from gossip.events import MessageDelivered
-from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.base import Address
 
 KEY = bytes(range(32))

@@ -21,8 +21,8 @@ import pytest
 import trio
 
 from gossip import cli
-from gossip.agent import resolve_addresses
-from gossip.cli_io import format_address, parse_hostport
+from gossip.cli.agent import resolve_addresses
+from gossip.cli.common import format_address, parse_hostport
 from gossip.keyfile import write_key_file
 
 TIMEOUT = 15  # seconds of real time for a whole test; each agent starts in about 0.5 s

@@ -9,11 +9,11 @@ import pytest
 import trio
 import trio.testing
 
+from gossip.broadcast import CACHE_ENTRY_OVERHEAD, GossipConfig, GossipEngine
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
 from gossip.node import Gossiper, open_gossiper
-from gossip.protocol import CACHE_ENTRY_OVERHEAD, GossipConfig, GossipEngine
 from gossip.transport.base import Address, Transport
 from gossip.transport.memory import LinkConditions, MemoryNetwork
 from gossip.wire import Codec, PullSync

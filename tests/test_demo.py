@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from gossip import cli
-from gossip.demo import DemoOptions, percentile, run_demo
+from gossip.cli.demo import DemoOptions, percentile, run_demo
 
 
 async def test_small_demo_reports_full_delivery_before_and_after_the_stop() -> None:

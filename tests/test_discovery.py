@@ -10,10 +10,10 @@ import pytest
 import trio
 import trio.testing
 
+from gossip.broadcast import GossipEngine
 from gossip.compat import GoGossipEngine, open_go_gossiper
 from gossip.discovery import Discovery, StaticDiscovery
 from gossip.node import Gossiper, open_gossiper
-from gossip.protocol import GossipEngine
 from gossip.transport.base import Address
 from gossip.transport.memory import MemoryNetwork, MemoryTransport
 

@@ -29,19 +29,19 @@ import pytest
 import trio
 
 from gossip.errors import LocalProtocolError
-from gossip.transport import _bpfsys, _netlink
 from gossip.transport.base import Address
 from gossip.transport.ebpf import (
     MAX_PEERS,
     ClonerStatistics,
     EBPFTransport,
-    Loader,
-    _static_reason,
+    _bpfsys,
+    _netlink,
     default_object_path,
     default_source_path,
     open_ebpf_transport,
     probe,
 )
+from gossip.transport.ebpf.cloner import Loader, static_reason
 from gossip.transport.udp import open_udp_transport
 from tests import netns
 
@@ -56,9 +56,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _loader_skip_reason(loader: Loader) -> str | None:
-    reason = _static_reason(loader, default_object_path(), default_source_path())
+    reason = static_reason(loader, default_object_path(), default_source_path())
     if reason is None and loader == "bcc":
-        from gossip.transport import _bcc_loader  # noqa: PLC0415
+        from gossip.transport.ebpf import _bcc_loader  # noqa: PLC0415
 
         if _bcc_loader.kernel_source() is None and not os.path.isdir(
             f"/lib/modules/{os.uname().release}/build/include"
@@ -576,7 +576,7 @@ class _FakeIPR:
 def test_marker_that_is_a_real_host_is_refused() -> None:
     """Taking over a gateway's or a live neighbour's address would blackhole it."""
     from gossip.errors import LocalProtocolError  # noqa: PLC0415
-    from gossip.transport._netlink import _refuse_live_marker  # noqa: PLC0415
+    from gossip.transport.ebpf._netlink import _refuse_live_marker  # noqa: PLC0415
 
     ours = bytes.fromhex("020000000001")
     with pytest.raises(LocalProtocolError, match="gateway"):

@@ -38,22 +38,23 @@ import attrs
 import pytest
 import trio
 
+from gossip.broadcast import EngineStatistics, GossipConfig, GossipEngine
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.node import Gossiper, GossiperStatistics, open_gossiper
-from gossip.protocol import EngineStatistics, GossipConfig, GossipEngine
-from gossip.transport import _bpfsys, _netlink
 from gossip.transport.base import Address, TransportStatistics
 from gossip.transport.ebpf import (
     DEFAULT_MARKER,
     ClonerStatistics,
     EBPFTransport,
-    _static_reason,
+    _bpfsys,
+    _netlink,
     default_object_path,
     default_source_path,
     open_ebpf_transport,
     probe,
 )
+from gossip.transport.ebpf.cloner import static_reason
 from tests import netns
 
 pytestmark = pytest.mark.root
@@ -83,7 +84,7 @@ def topo() -> Iterator[netns.Topology]:
     reason = netns.skip_reason()
     if reason:
         pytest.skip(reason)
-    reason = _static_reason("libbpf", default_object_path(), default_source_path())
+    reason = static_reason("libbpf", default_object_path(), default_source_path())
     if reason:
         pytest.skip(f"libbpf loader: {reason}")
     topology = netns.build_star(N - 1, tag="c", peers_tx_offload=False)

@@ -21,8 +21,10 @@ from Crypto.Cipher import AES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gossip.compat import _gojson
-from gossip.compat.gogossip import (
+from gossip.compat.gogossip import _json as _gojson
+from gossip.compat.gogossip.cipher import LegacyGoGossipCipher, read_passphrase_file
+from gossip.compat.gogossip.engine import GoGossipEngine
+from gossip.compat.gogossip.wire import (
     CHUNK_BUDGET,
     MAX_DATAGRAM_SIZE,
     MAX_VALUE_SIZE,
@@ -33,8 +35,6 @@ from gossip.compat.gogossip import (
     encode,
     encode_body,
 )
-from gossip.compat.gogossip_engine import GoGossipEngine
-from gossip.compat.legacy_cipher import LegacyGoGossipCipher, read_passphrase_file
 from gossip.errors import DecryptError, LocalProtocolError, MalformedPacket
 from gossip.events import MessageDelivered, Outgoing, PacketDropped
 from gossip.transport.base import Address

@@ -26,21 +26,21 @@ import pytest
 import trio
 
 from gossip import cli
-from gossip.bridge import Bridge, BridgeOptions, Relay, go_key_for, run_bridge
-from gossip.cli_io import format_address
+from gossip.broadcast import EngineStatistics, GossipConfig, GossipEngine
+from gossip.cli.bridge import Bridge, BridgeOptions, Relay, go_key_for, run_bridge
+from gossip.cli.common import format_address
 from gossip.compat import (
     GoGossipEngine,
     GoGossipStatistics,
     LegacyGoGossipCipher,
     open_go_gossiper,
 )
-from gossip.compat.gogossip import PULL_INTERVAL
+from gossip.compat.gogossip.wire import PULL_INTERVAL
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
 from gossip.keyfile import write_key_file
 from gossip.node import Gossiper, Message, open_gossiper
-from gossip.protocol import EngineStatistics, GossipConfig, GossipEngine
 from gossip.transport.base import Address, Transport
 from gossip.transport.ebpf import probe
 from gossip.transport.memory import MemoryNetwork, MemoryTransport

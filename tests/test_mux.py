@@ -11,6 +11,7 @@ import pytest
 import trio
 import trio.testing
 
+from gossip.broadcast import GossipConfig, GossipEngine
 from gossip.crypto import Keyring, ReplayGuard, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.engine import EngineContext
@@ -18,7 +19,6 @@ from gossip.errors import LocalProtocolError, MalformedPacket, RemoteProtocolErr
 from gossip.events import MessageDelivered, Outgoing, PacketDropped
 from gossip.mux import Mux
 from gossip.node import Gossiper, open_gossiper
-from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.base import Address, Transport, TransportStatistics
 from gossip.transport.memory import MemoryNetwork
 from gossip.transport.tcp import open_tcp_transport

@@ -11,11 +11,11 @@ import pytest
 import trio
 import trio.testing
 
+from gossip.broadcast import EngineStatistics, GossipConfig, GossipEngine
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
 from gossip.node import Delivery, Gossiper, GossiperStatistics, Message, open_gossiper
-from gossip.protocol import EngineStatistics, GossipConfig, GossipEngine
 from gossip.transport.base import Transport, TransportStatistics
 from gossip.transport.memory import LinkConditions, MemoryNetwork
 from gossip.transport.udp import open_udp_transport

@@ -8,11 +8,11 @@ import random
 
 import pytest
 
+from gossip.broadcast import GossipConfig, GossipEngine, ring_neighbours
 from gossip.crypto import Keyring
 from gossip.discovery import Discovery, StaticDiscovery
 from gossip.errors import LocalProtocolError
 from gossip.events import MessageDelivered, PacketDropped
-from gossip.protocol import GossipConfig, GossipEngine, ring_neighbours
 from gossip.wire import (
     Codec,
     PullRequest,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import random
 
+from gossip.broadcast import GossipConfig, GossipEngine
 from gossip.discovery import StaticDiscovery
-from gossip.protocol import GossipConfig, GossipEngine
 from gossip.wire import PullRequest, PullSync, PushMessage, decode_untrusted, encode
 
 ADDRS = [("10.0.0.1", 7946), ("10.0.0.2", 7946)]

@@ -17,10 +17,10 @@ import pytest
 import trio
 import trio.testing
 
+from gossip.broadcast import GossipConfig
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
 from gossip.node import Gossiper, open_gossiper
-from gossip.protocol import GossipConfig
 from gossip.sim import Latency, Scenario, Simulation, simulate
 from gossip.sim.cli import add_parser
 from gossip.sim.cli import main as sim_main

@@ -12,7 +12,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from gossip.protocol import GossipConfig
+from gossip.broadcast import GossipConfig
 
 from .harness import Harness
 

@@ -18,8 +18,8 @@ import sys
 import time
 from typing import Any
 
+from gossip.broadcast import GossipConfig
 from gossip.errors import LocalProtocolError
-from gossip.protocol import GossipConfig
 from gossip.sim.core import LAN, WAN, Latency, Scenario, Simulation
 from gossip.sim.report import format_table, to_dict
 

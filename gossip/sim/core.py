@@ -1,4 +1,4 @@
-"""The discrete-event simulator: N real :class:`~gossip.protocol.GossipEngine` s in virtual time.
+"""The discrete-event simulator: N real :class:`~gossip.broadcast.GossipEngine` s in virtual time.
 
 One heap holds every future event: a datagram's arrival at a node, or a node's engine timer.
 No node has a task or a socket. After the simulator touches an engine (a datagram, a timer, a
@@ -35,11 +35,11 @@ from typing import Final
 
 import attrs
 
+from gossip.broadcast import GossipConfig, GossipEngine
 from gossip.crypto import Keyring
 from gossip.discovery.base import Discovery
 from gossip.errors import LocalProtocolError
 from gossip.events import MessageDelivered
-from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.base import Address
 
 __all__ = [

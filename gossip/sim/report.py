@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import gossip.protocol
+import gossip.broadcast
 from gossip.sim.core import FRACTIONS, PACKET_TYPES, MessageOutcome, SimResult
 from gossip.sim.theory import push_pull_rounds, push_rounds, serf_rounds, serf_seconds
 
@@ -23,12 +23,14 @@ ENCRYPTION_NOTE = (
 
 # Read once, at import (next to the engine's own import), so that an edit of the file during
 # a long sweep cannot mislabel results of the engine already loaded.
-_FINGERPRINT = hashlib.sha256(Path(gossip.protocol.__file__).read_bytes()).hexdigest()[:12]
+_FINGERPRINT = hashlib.sha256(
+    b"".join(p.read_bytes() for p in sorted(Path(gossip.broadcast.__file__).parent.glob("*.py")))
+).hexdigest()[:12]
 
 
 def engine_fingerprint() -> str:
-    """First 12 hex digits of the SHA-256 of gossip/protocol.py as imported: which engine
-    produced a result."""
+    """First 12 hex digits of the SHA-256 of the files of gossip/broadcast/ as imported: which
+    engine produced a result."""
     return _FINGERPRINT
 
 

@@ -79,16 +79,16 @@ import attrs
 import cachetools
 import trio
 
-from gossip.cli_io import format_address, node_stats, write_lines
-from gossip.compat.gogossip import GOSSIP_NUMBER, KEY_SIZE
-from gossip.compat.gogossip_engine import GoGossipEngine, GoGossipStatistics
-from gossip.compat.legacy_cipher import LegacyGoGossipCipher
-from gossip.compat.runtime import open_go_gossiper
+from gossip.broadcast import EngineStatistics, GossipConfig, GossipEngine
+from gossip.cli.common import format_address, node_stats, write_lines
+from gossip.compat.gogossip.cipher import LegacyGoGossipCipher
+from gossip.compat.gogossip.engine import GoGossipEngine, GoGossipStatistics
+from gossip.compat.gogossip.runtime import open_go_gossiper
+from gossip.compat.gogossip.wire import GOSSIP_NUMBER, KEY_SIZE
 from gossip.crypto import Keyring
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
 from gossip.node import Gossiper, GossiperStatistics, Message, open_gossiper
-from gossip.protocol import EngineStatistics, GossipConfig, GossipEngine
 from gossip.transport.base import Address, Transport
 from gossip.transport.udp import UDPTransport, open_udp_transport
 

@@ -28,11 +28,11 @@ from typing import Final, TextIO
 import attrs
 import trio
 
+from gossip.broadcast import GossipConfig, GossipEngine
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
 from gossip.node import Gossiper, Message, open_gossiper
-from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.base import Address
 from gossip.transport.udp import open_udp_transport
 

@@ -10,14 +10,14 @@ Commands::
                  [--stats-interval SECONDS] [--delivery wait|drop]
                  [--push-window N] [--recv-buffer BYTES]
         run one node: stdin lines are published, delivered messages are JSON lines on stdout
-        (flags, output and exit codes: :mod:`gossip.agent`; they are a stable interface)
+        (flags, output and exit codes: :mod:`gossip.cli.agent`; they are a stable interface)
     gossip bridge --native-bind HOST:PORT --native-peers HOST:PORT[,...] [--key-file PATH]
                   --go-bind HOST:PORT --go-peers HOST:PORT[,...] [--passphrase-file PATH]
                   [--fanout N] [--gossip-number N] [--stats-interval SECONDS]
         one native node and one go-gossip node relaying messages both ways
-        (:mod:`gossip.bridge`)
+        (:mod:`gossip.cli.bridge`)
     gossip demo [--nodes N] [--messages N] [--rate PER_S] [--size BYTES] [--seed N]
-        a live loopback cluster and its numbers (:mod:`gossip.demo`; ``make demo``)
+        a live loopback cluster and its numbers (:mod:`gossip.cli.demo`; ``make demo``)
 
 Bad arguments exit with status 2 and a message on stderr.
 """
@@ -31,12 +31,12 @@ from collections.abc import Sequence
 
 import trio
 
-from gossip.agent import AgentOptions, resolve_addresses, run_agent
-from gossip.bridge import BridgeOptions, run_bridge_command
-from gossip.cli_io import parse_hostport
-from gossip.compat.gogossip import GOSSIP_NUMBER
-from gossip.compat.legacy_cipher import LegacyGoGossipCipher, read_passphrase_file
-from gossip.demo import DemoOptions, run_demo
+from gossip.cli.agent import AgentOptions, resolve_addresses, run_agent
+from gossip.cli.bridge import BridgeOptions, run_bridge_command
+from gossip.cli.common import parse_hostport
+from gossip.cli.demo import DemoOptions, run_demo
+from gossip.compat.gogossip.cipher import LegacyGoGossipCipher, read_passphrase_file
+from gossip.compat.gogossip.wire import GOSSIP_NUMBER
 from gossip.errors import GossipError, LocalProtocolError
 from gossip.keyfile import read_key_file, write_key_file
 from gossip.sim.cli import add_parser as add_sim_parser
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         "agent",
         help="run one node; stdin lines are published, messages are JSON lines on stdout",
         description="Run one gossip node on UDP. Every stdin line is published; every "
-        "delivered message is a JSON line on stdout. See `pydoc gossip.agent` for the format.",
+        "delivered message is a JSON line on stdout. See `pydoc gossip.cli.agent` for the format.",
     )
     p.add_argument(
         "--bind",
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="relay messages between a native cluster and a go-gossip cluster",
         description="Run one native node and one go-gossip-profile node in one process and "
         "relay every message delivered on one side into the other, once. Relays and stats are "
-        "JSON lines on stdout. See `pydoc gossip.bridge`.",
+        "JSON lines on stdout. See `pydoc gossip.cli.bridge`.",
     )
     for side, what in (("native", "native (trio-gossip)"), ("go", "go-gossip")):
         p.add_argument(

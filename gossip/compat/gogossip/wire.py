@@ -14,7 +14,7 @@ There is no length, version, magic, checksum, sender id or nonce, and the label 
 encrypted. ``Keys[i]`` pairs with ``Values[i]``; a key is 8 bytes written as a JSON array of
 numbers, a value is padded standard base64. Go writes no whitespace; :func:`encode` produces
 the same bytes as Go's ``json.Marshal``. :func:`decode_untrusted` accepts what Go's
-``json.Unmarshal`` accepts (see :mod:`gossip.compat._gojson`) and nothing else, and raises
+``json.Unmarshal`` accepts (see :mod:`gossip.compat.gogossip._json`) and nothing else, and raises
 only :class:`~gossip.errors.MalformedPacket` or :class:`~gossip.errors.DecryptError`.
 
 Where we are stricter than Go (none of it is reachable by a conforming go-gossip sender):
@@ -37,8 +37,8 @@ from typing import Final
 
 import attrs
 
-from gossip.compat._gojson import decode_pull_request_body, decode_pull_response_body
-from gossip.compat.legacy_cipher import LegacyGoGossipCipher
+from gossip.compat.gogossip._json import decode_pull_request_body, decode_pull_response_body
+from gossip.compat.gogossip.cipher import LegacyGoGossipCipher
 from gossip.errors import DecryptError, LocalProtocolError, MalformedPacket
 
 __all__ = [

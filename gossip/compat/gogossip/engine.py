@@ -40,7 +40,8 @@ import random
 import attrs
 import cachetools
 
-from gossip.compat.gogossip import (
+from gossip.compat.gogossip.cipher import LegacyGoGossipCipher
+from gossip.compat.gogossip.wire import (
     CACHE_SIZE,
     GOSSIP_NUMBER,
     KEY_SIZE,
@@ -52,7 +53,6 @@ from gossip.compat.gogossip import (
     decode_untrusted,
     encode,
 )
-from gossip.compat.legacy_cipher import LegacyGoGossipCipher
 from gossip.discovery.base import Discovery
 from gossip.errors import LocalProtocolError, RemoteProtocolError
 from gossip.events import Event, MessageDelivered, Outgoing, PacketDropped

@@ -75,7 +75,7 @@ own messages. ``key`` is the message id (16 bytes; 8 bytes, go-gossip's key, wit
 message arrived from, the previous hop (the publisher's address is not on the wire: a
 message carries no origin; IPv6 as ``[addr]:port``)
 and ``ts`` the Unix time of arrival. In a ``stats`` line, ``engine`` and ``transport`` hold
-every counter of :class:`~gossip.protocol.EngineStatistics` (with ``--profile go-gossip``:
+every counter of :class:`~gossip.broadcast.EngineStatistics` (with ``--profile go-gossip``:
 :class:`~gossip.compat.GoGossipStatistics`) and
 :class:`~gossip.transport.base.TransportStatistics`; ``delivery_overflow`` counts messages
 not printed because the delivery queue was full (see below).
@@ -114,16 +114,16 @@ from typing import Final, Literal
 import attrs
 import trio
 
-from gossip.cli_io import format_address, node_stats, write_lines
-from gossip.compat.gogossip import PULL_INTERVAL
-from gossip.compat.gogossip_engine import GoGossipEngine
-from gossip.compat.legacy_cipher import LegacyGoGossipCipher
-from gossip.compat.runtime import open_go_gossiper
+from gossip.broadcast import GossipConfig, GossipEngine
+from gossip.cli.common import format_address, node_stats, write_lines
+from gossip.compat.gogossip.cipher import LegacyGoGossipCipher
+from gossip.compat.gogossip.engine import GoGossipEngine
+from gossip.compat.gogossip.runtime import open_go_gossiper
+from gossip.compat.gogossip.wire import PULL_INTERVAL
 from gossip.crypto import Keyring
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
 from gossip.node import Delivery, Gossiper, Message, open_gossiper
-from gossip.protocol import GossipConfig, GossipEngine
 from gossip.transport.base import Address, Transport
 from gossip.transport.tcp import open_tcp_transport
 from gossip.transport.udp import DEFAULT_RECV_BUFFER, open_udp_transport

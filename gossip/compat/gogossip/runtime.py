@@ -14,9 +14,9 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from gossip.compat.gogossip import GOSSIP_NUMBER
-from gossip.compat.gogossip_engine import GoGossipEngine
-from gossip.compat.legacy_cipher import LegacyGoGossipCipher
+from gossip.compat.gogossip.cipher import LegacyGoGossipCipher
+from gossip.compat.gogossip.engine import GoGossipEngine
+from gossip.compat.gogossip.wire import GOSSIP_NUMBER
 from gossip.discovery.base import Discovery
 from gossip.node import Gossiper, run_engine
 from gossip.transport.base import Transport
