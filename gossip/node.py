@@ -102,7 +102,8 @@ class GossiperStatistics(Generic[S]):
     """A snapshot: the engine's and the transport's counters, and the delivery queue's.
     ``engine`` is the publishing engine's own (:class:`~gossip.broadcast.EngineStatistics`
     for the native engine). ``push_waits`` counts ``push`` calls that had to wait (the
-    source was paced); ``dropped`` counts datagrams of a type no engine of the node owns."""
+    source was paced); ``dropped`` counts datagrams of a type no engine of the node owns;
+    ``stream`` is the stream transport's counters when the node has one."""
 
     engine: S
     transport: TransportStatistics
@@ -110,6 +111,7 @@ class GossiperStatistics(Generic[S]):
     delivery_overflow: int
     push_waits: int = 0
     dropped: dict[str, int] = attrs.field(factory=dict)
+    stream: TransportStatistics | None = None
 
 
 E_co = TypeVar("E_co", bound=Publisher[Any], covariant=True)
@@ -282,6 +284,7 @@ class Gossiper(Generic[E_co]):
             delivery_overflow=self._overflow,
             push_waits=self._push_waits,
             dropped=self.mux.statistics().dropped,
+            stream=None if self.stream is None else self.stream.statistics(),
         )
 
     def subscribe(self, event_type: type[S], callback: Callable[[S], None]) -> None:

@@ -51,6 +51,7 @@ __all__ = [
     "LABEL_SIZE",
     "MAGIC_VERSION",
     "MAX_DATAGRAM_LIMIT",
+    "MAX_STREAM_PACKET",
     "MESSAGE_KEY_SIZE",
     "MIN_DATAGRAM_LIMIT",
     "PACKET_RANGES",
@@ -88,6 +89,9 @@ DEFAULT_MAX_DATAGRAM: Final = 1400
 #: The largest UDP payload over IPv4.
 MAX_DATAGRAM_LIMIT: Final = 65507
 MIN_DATAGRAM_LIMIT: Final = 128
+#: The largest packet an engine may send on a stream transport (``Codec.seal(..., stream=True)``):
+#: a full-state sync, a store's entries. TCP's ``DEFAULT_MAX_FRAME``, 1 MiB.
+MAX_STREAM_PACKET: Final = 1 << 20
 
 
 class PacketType(IntEnum):
@@ -297,6 +301,9 @@ class Codec:
         keyring: the cluster keys; ``None`` sends and accepts plain text only. A codec with a
             keyring refuses plain text and unknown key ids: there is no downgrade.
         max_datagram: the largest datagram sent or accepted (128..65507, default 1400).
+        max_stream: the largest packet an engine seals for a stream transport
+            (``seal(..., stream=True)``) and :meth:`open_untrusted` accepts
+            (``max_datagram``..1 MiB, default 1 MiB). Broadcast packets keep ``max_datagram``.
         replay: the replay guard for sealed packets (default: 60 s window). Plain-text packets
             cannot be authenticated, so they get no replay protection.
         clock_offset: added to ``now`` to get Unix time for label timestamps; lets a runtime
@@ -308,9 +315,11 @@ class Codec:
         "_keyring",
         "_max_body",
         "_max_data",
+        "_max_stream_body",
         "_replay",
         "clock_offset",
         "max_datagram",
+        "max_stream",
     )
 
     def __init__(
@@ -318,6 +327,7 @@ class Codec:
         keyring: Keyring | None = None,
         *,
         max_datagram: int = DEFAULT_MAX_DATAGRAM,
+        max_stream: int = MAX_STREAM_PACKET,
         replay: ReplayGuard | None = None,
         clock_offset: float = 0.0,
     ) -> None:
@@ -328,15 +338,25 @@ class Codec:
                 f"max_datagram must be {MIN_DATAGRAM_LIMIT}..{MAX_DATAGRAM_LIMIT}, "
                 f"got {max_datagram!r}"
             )
+        if not isinstance(max_stream, int) or not (max_datagram <= max_stream <= MAX_STREAM_PACKET):
+            raise LocalProtocolError(
+                f"max_stream must be max_datagram..{MAX_STREAM_PACKET}, got {max_stream!r}"
+            )
         self._keyring = keyring
         self._enc = int(Encryption.NONE if keyring is None else Encryption.AES_256_CBC_HMAC_SHA256)
         self._replay = replay if replay is not None or keyring is None else ReplayGuard()
         self.max_datagram = max_datagram
+        self.max_stream = max_stream
         self.clock_offset = clock_offset
-        room = max_datagram - LABEL_SIZE
-        # Sealed: IV + tag, and ciphertext in whole blocks with at least one byte of padding.
-        self._max_body = room if keyring is None else (room - 2 * TAG_SIZE) // 16 * 16 - 1
+        self._max_body = self._room(max_datagram)
         self._max_data = self._max_body - MESSAGE_KEY_SIZE
+        self._max_stream_body = self._room(max_stream)
+
+    def _room(self, packet_size: int) -> int:
+        """The largest body of a packet of ``packet_size`` bytes."""
+        room = packet_size - LABEL_SIZE
+        # Sealed: IV + tag, and ciphertext in whole blocks with at least one byte of padding.
+        return room if self._keyring is None else (room - 2 * TAG_SIZE) // 16 * 16 - 1
 
     @property
     def encrypted(self) -> bool:
@@ -352,9 +372,9 @@ class Codec:
         """Size of the datagram for a body of ``body_len`` bytes."""
         return LABEL_SIZE + (sealed_size(body_len) if self._keyring is not None else body_len)
 
-    def max_body(self) -> int:
-        """The largest body that fits in ``max_datagram``."""
-        return self._max_body
+    def max_body(self, *, stream: bool = False) -> int:
+        """The largest body that fits in ``max_datagram`` (``max_stream`` with ``stream``)."""
+        return self._max_stream_body if stream else self._max_body
 
     def max_payload(self) -> int:
         """The largest application payload a :class:`PushMessage` can carry."""
@@ -410,20 +430,25 @@ class Codec:
             _pack_header(MAGIC_VERSION, ptype, self._enc, primary.key_id, ts, key), data
         )
 
-    def seal(self, ptype: int, body: bytes, now: float) -> bytes:
+    def seal(self, ptype: int, body: bytes, now: float, *, stream: bool = False) -> bytes:
         """Label ``body`` as packet type ``ptype`` (and seal it, with a keyring): the
-        envelope for an engine's own packets (see :data:`PACKET_RANGES`).
+        envelope for an engine's own packets (see :data:`PACKET_RANGES`). With ``stream``
+        the packet may be up to ``max_stream`` bytes; send it as ``Outgoing(...,
+        reliable=True)`` so that the runtime puts it on its stream transport.
 
         Raises:
-            LocalProtocolError: ``ptype`` is in no reserved range, or the datagram would
-                exceed ``max_datagram``.
+            LocalProtocolError: ``ptype`` is in no reserved range, or the packet would
+                exceed ``max_datagram`` (``max_stream`` with ``stream``).
         """
         if not (type(ptype) is int and 0 <= ptype < 256 and _RESERVED[ptype]):
             raise LocalProtocolError(f"packet type {ptype!r} is in no reserved range")
-        if len(body) > self._max_body:
+        limit = self._max_stream_body if stream else self._max_body
+        if len(body) > limit:
+            size = self.max_stream if stream else self.max_datagram
+            where = "stream packet" if stream else "datagram"
             raise LocalProtocolError(
-                f"a {len(body)}-byte body does not fit in a {self.max_datagram}-byte datagram "
-                f"(largest body: {self._max_body} bytes)"
+                f"a {len(body)}-byte body does not fit in a {size}-byte {where} "
+                f"(largest body: {limit} bytes)"
             )
         return self._wrap(ptype, body, now)
 
@@ -433,16 +458,19 @@ class Codec:
         envelope for an engine's own packets. The one replay guard and keyring of the codec
         serve every engine that shares it.
 
+        Packets up to ``max_stream`` bytes pass (what came on a stream transport); an
+        engine that expects a packet type only in datagrams checks its length itself.
+
         Raises:
             MalformedPacket: truncated, oversized, wrong magic/version, type in no range.
             DecryptError: as :meth:`decode_untrusted`.
         """
         n = len(datagram)
-        if n < LABEL_SIZE or n > self.max_datagram:
-            raise self._label_error(datagram)
+        if n < LABEL_SIZE or n > self.max_stream:
+            raise self._label_error(datagram, limit=self.max_stream)
         magic, ptype, enc, key_id, ts = _LABEL.unpack_from(datagram)
         if magic != MAGIC_VERSION or not _RESERVED[ptype] or enc != self._enc:
-            raise self._label_error(datagram)
+            raise self._label_error(datagram, limit=self.max_stream)
         keyring = self._keyring
         if keyring is None:
             if key_id:
@@ -538,11 +566,13 @@ class Codec:
         set_data(packet, data)
         return packet
 
-    def _label_error(self, datagram: bytes, known: bytes = _RESERVED) -> RemoteProtocolError:
+    def _label_error(
+        self, datagram: bytes, known: bytes = _RESERVED, limit: int | None = None
+    ) -> RemoteProtocolError:
         n = len(datagram)
         if n < LABEL_SIZE:
             return MalformedPacket(f"{n}-byte datagram is shorter than a label", reason="truncated")
-        if n > self.max_datagram:
+        if n > (self.max_datagram if limit is None else limit):
             return MalformedPacket(f"{n}-byte datagram exceeds the limit", reason="oversize")
         magic, ptype, enc = datagram[0], datagram[1], datagram[2]
         if magic != MAGIC_VERSION:

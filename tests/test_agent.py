@@ -293,6 +293,30 @@ async def test_lines_spread_over_tcp(tmp_path: Path) -> None:
         assert [transport["closed"][reason] for reason in bad] == [0] * len(bad)
 
 
+async def test_stream_carries_lines_longer_than_a_datagram(tmp_path: Path) -> None:
+    addresses = [f"127.0.0.1:{port}" for port in free_tcp_ports(3)]
+    write_key_file(tmp_path / "cluster.key")
+    extra = ["--stream", "--key-file", str(tmp_path / "cluster.key")]
+    long_line = "x" * 20_000
+    with trio.fail_after(TIMEOUT):
+        async with open_agents(addresses, *extra, "--stats-interval", "10") as agents:
+            await agents[0].send(long_line)
+            for agent in agents[1:]:
+                while (line := await agent.read_json())["event"] != "message":
+                    pass
+                check_message(line, long_line, addresses)
+            for agent in agents:
+                await agent.close_stdin()
+            results = [await agent.finish() for agent in agents]
+    for status, rest in results:
+        assert status == 0
+        final = rest[-1]
+        assert final["event"] == "stats"
+        # The 20 KB message travelled on streams; no datagram was longer than 1400 bytes.
+        assert final["stream"]["bytes_sent"] + final["stream"]["bytes_received"] > 20_000
+        assert final["transport"]["bytes_sent"] <= 1400 * final["transport"]["datagrams_sent"]
+
+
 async def test_bind_failure_exits_1() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
@@ -358,6 +382,10 @@ def _bad_key_file(tmp_path: Path) -> str:
                 *("--profile", "go-gossip", "--transport", "tcp"),
             ],
             "native profile only",
+        ),
+        (
+            ["--bind", "127.0.0.1:0", "--peers", "127.0.0.1:1", "--transport", "tcp", "--stream"],
+            "--stream goes with",
         ),
     ],
 )

@@ -166,6 +166,32 @@ def test_seal_and_open_any_reserved_type_with_one_replay_guard() -> None:
     assert bad.value.reason == "type"
 
 
+def test_engine_packets_for_a_stream_go_up_to_max_stream() -> None:
+    codec = Codec(Keyring(generate_key()), max_stream=200_000)
+    assert codec.max_body() < 1400 < codec.max_body(stream=True) <= 200_000
+    big = bytes(codec.max_body(stream=True))
+    packet = codec.seal(0x1F, big, 5.0, stream=True)
+    assert len(packet) <= 200_000
+    assert codec.open_untrusted(packet, 5.0) == (0x1F, big)
+    with pytest.raises(LocalProtocolError, match="1400-byte datagram"):
+        codec.seal(0x1F, big, 5.0)  # not without stream=True
+    with pytest.raises(LocalProtocolError, match="200000-byte stream packet"):
+        codec.seal(0x1F, big + bytes(16), 5.0, stream=True)
+    with pytest.raises(MalformedPacket) as err:
+        codec.open_untrusted(packet + bytes(200_000 - len(packet) + 1), 6.0)
+    assert err.value.reason == "oversize"
+    # A bad label on a packet between the two limits is named for what it is, not its size.
+    wrong = bytearray(packet)
+    wrong[0] = 0xB1
+    with pytest.raises(MalformedPacket) as err:
+        codec.open_untrusted(bytes(wrong), 6.0)
+    assert err.value.reason == "version"
+    with pytest.raises(LocalProtocolError, match="max_stream"):
+        Codec(max_datagram=9000, max_stream=8000)
+    with pytest.raises(LocalProtocolError, match="max_stream"):
+        Codec(max_stream=(1 << 20) + 1)
+
+
 def test_the_broadcast_decoder_refuses_other_engines_types() -> None:
     codec = Codec()
     with pytest.raises(MalformedPacket) as err:
@@ -442,3 +468,64 @@ async def test_udp_and_tcp_on_one_port_carry_a_message_larger_than_a_datagram() 
                 assert message.sender == ua.local_address
                 assert tb.statistics().datagrams_received >= 1
                 assert ub.statistics().bytes_received < len(payload)
+
+
+class BulkPong(PingEngine):
+    """Answers a ping with a pong of ``size`` bytes: a full-state answer, on the stream."""
+
+    size = 512 * 1024
+
+    def receive(self, datagram: bytes, addr: Address, now: float) -> None:
+        try:
+            ptype, body = self.codec.open_untrusted(datagram, now)
+        except RemoteProtocolError as err:
+            self.dropped[err.reason] = self.dropped.get(err.reason, 0) + 1
+            return
+        if ptype == PING:
+            pong = self.codec.seal(PONG, body + bytes(self.size), now, stream=True)
+            self.out.append(Outgoing(pong, (addr,), reliable=True))
+        else:
+            self.pongs += 1
+            self.events.append(Pong(addr, len(body)))
+
+
+async def test_udp_and_tcp_on_one_port_carry_an_engines_half_megabyte_packet() -> None:
+    key = generate_key()
+    with trio.fail_after(10):
+        async with (
+            open_udp_transport("127.0.0.1") as ua,
+            open_udp_transport("127.0.0.1") as ub,
+            open_tcp_transport("127.0.0.1", ua.local_address[1]) as ta,
+            open_tcp_transport("127.0.0.1", ub.local_address[1]) as tb,
+        ):
+            peers = [ua.local_address, ub.local_address]
+            pongs: list[Pong] = []
+            got = trio.Event()
+
+            def on_pong(pong: Pong) -> None:
+                pongs.append(pong)
+                got.set()
+
+            async with (
+                open_gossiper(
+                    StaticDiscovery(peers),
+                    ua,
+                    keyring=Keyring(key),
+                    engines=[lambda c: BulkPong(c, interval=0.05)],
+                    stream=ta,
+                ) as a,
+                open_gossiper(
+                    StaticDiscovery(peers),
+                    ub,
+                    keyring=Keyring(key),
+                    engines=[lambda c: BulkPong(c, interval=3600)],
+                    stream=tb,
+                ),
+            ):
+                a.subscribe(Pong, on_pong)
+                await got.wait()
+            # The ping went as a datagram, the 512 KiB pong on B's stream to A.
+            assert pongs[0].peer == ub.local_address
+            assert pongs[0].seq == 4 + BulkPong.size
+            assert ta.statistics().bytes_received > BulkPong.size
+            assert ua.statistics().bytes_received < 1400 * 4

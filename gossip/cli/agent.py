@@ -4,7 +4,7 @@ Usage (flags and output are a stable interface: scripts depend on them)::
 
     gossip agent --bind HOST:PORT --peers HOST:PORT[,HOST:PORT...] [--peers ...]
                  [--profile native|go-gossip] [--key-file PATH | --passphrase-file PATH]
-                 [--fanout N] [--transport udp|ebpf|tcp [--interface IF]]
+                 [--fanout N] [--transport udp|ebpf|tcp [--interface IF]] [--stream]
                  [--stats-interval SECONDS] [--delivery wait|drop]
                  [--push-window N] [--recv-buffer BYTES]
 
@@ -39,6 +39,13 @@ Usage (flags and output are a stable interface: scripts depend on them)::
     time are counted in the stats line's ``transport.fallbacks``. ``tcp``: the same sealed
     packets on TCP streams (``gossip/transport/tcp.py``, default limits), listening on the
     ``--bind`` address; the peers must run ``--transport tcp`` too. Native profile only.
+``--stream``
+    Beside a ``udp`` or ``ebpf`` transport, also listen for TCP streams on the ``--bind``
+    port (one address per node): messages up to 65,439 bytes (a line of stdin up to that,
+    encrypted; 65,476 plain) can then be published, and every packet longer than 1,400
+    bytes goes on a stream instead of a datagram. All nodes of the cluster need ``--stream``
+    (one without it neither accepts the streams nor reads the longer datagrams). The
+    stream's counters are the stats line's ``stream``. Native profile only.
 ``--stats-interval``
     Print a ``stats`` line every this many seconds, and a last one at shutdown.
 ``--delivery``
@@ -67,7 +74,7 @@ Output, stdout, one JSON object per line, written as soon as it is known::
     {"event": "message", "key": "<hex>", "data": "<base64>", "sender": "<host:port>", "ts": <float>}
     {"event": "stats", "ts": <float>, "address": "<host:port>", "engine": {...},
      "transport": {...}, "delivery_queued": <int>, "delivery_overflow": <int>,
-     "push_waits": <int>}
+     "push_waits": <int>, "dropped": {...}, "stream": {...} | null}
 
 A ``message`` line is written once per message delivered to this node, never for the agent's
 own messages. ``key`` is the message id (16 bytes; 8 bytes, go-gossip's key, with
@@ -78,7 +85,9 @@ and ``ts`` the Unix time of arrival. In a ``stats`` line, ``engine`` and ``trans
 every counter of :class:`~gossip.broadcast.EngineStatistics` (with ``--profile go-gossip``:
 :class:`~gossip.compat.GoGossipStatistics`) and
 :class:`~gossip.transport.base.TransportStatistics`; ``delivery_overflow`` counts messages
-not printed because the delivery queue was full (see below).
+not printed because the delivery queue was full (see below); ``dropped`` counts datagrams of a
+type no engine of the node owns; ``stream`` holds the TCP transport's counters with
+``--stream`` (``null`` without).
 
 Stderr carries human-readable notes (not a stable format): ``listening on HOST:PORT`` once
 the node runs (with ``--transport ebpf``, after a line saying whether the cloner is in use).
@@ -127,6 +136,7 @@ from gossip.node import Delivery, Gossiper, Message, open_gossiper
 from gossip.transport.base import Address, Transport
 from gossip.transport.tcp import open_tcp_transport
 from gossip.transport.udp import DEFAULT_RECV_BUFFER, open_udp_transport
+from gossip.wire import DEFAULT_MAX_DATAGRAM, MAX_DATAGRAM_LIMIT
 
 __all__ = [
     "AgentOptions",
@@ -177,6 +187,8 @@ class AgentOptions:
         transport: ``"udp"``, ``"ebpf"`` (needs ``interface``) or ``"tcp"``; the last two
             for the native profile only.
         interface: the network interface of the eBPF cloner.
+        stream: also a TCP transport on the ``bind`` port, for messages larger than a
+            datagram (up to 64 KiB); native profile, ``udp`` or ``ebpf``.
 
     Raises:
         LocalProtocolError: options that do not go together (a keyring with the go-gossip
@@ -197,6 +209,7 @@ class AgentOptions:
     cipher: LegacyGoGossipCipher | None = None
     transport: TransportKind = "udp"
     interface: str | None = None
+    stream: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.profile not in ("native", "go-gossip"):
@@ -219,6 +232,10 @@ class AgentOptions:
             raise LocalProtocolError("--interface is only used with --transport ebpf")
         if self.delivery not in ("wait", "drop"):
             raise LocalProtocolError(f"unknown delivery mode {self.delivery!r}")
+        if self.stream and (self.profile != "native" or self.transport == "tcp"):
+            raise LocalProtocolError(
+                "--stream goes with the native profile on --transport udp or ebpf"
+            )
 
 
 def resolve_addresses(
@@ -459,9 +476,13 @@ async def _open_transport(options: AgentOptions, stack: contextlib.AsyncExitStac
 
 
 async def _start_node(
-    options: AgentOptions, transport: Transport, stack: contextlib.AsyncExitStack
+    options: AgentOptions,
+    transport: Transport,
+    stack: contextlib.AsyncExitStack,
+    stream: Transport | None = None,
 ) -> tuple[AgentNode, float, str]:
-    """Start the node of ``options.profile`` on ``transport``.
+    """Start the node of ``options.profile`` on ``transport`` (and ``stream``, with
+    ``--stream``).
 
     Returns:
         The node, the grace period after the last publication, and a description for the
@@ -489,13 +510,22 @@ async def _start_node(
         open_gossiper(
             discovery,
             transport,
-            GossipConfig(fanout=options.fanout, push_window=options.push_window),
+            GossipConfig(
+                fanout=options.fanout,
+                push_window=options.push_window,
+                # With a stream, a message may be as large as a UDP datagram can be; what
+                # is longer than DEFAULT_MAX_DATAGRAM goes on the stream.
+                max_datagram=MAX_DATAGRAM_LIMIT if stream is not None else DEFAULT_MAX_DATAGRAM,
+            ),
             keyring=options.keyring,
             delivery_queue=options.delivery_queue,
             delivery=options.delivery,
+            stream=stream,
         )
     )
     mode = "encrypted" if options.keyring is not None else "plain text"
+    if stream is not None:
+        mode += ", TCP streams for packets over 1400 bytes"
     return (
         node,
         2 * node.engine.config.ack_timeout,
@@ -521,10 +551,18 @@ async def run_agent(options: AgentOptions, *, stdin_fd: int = 0, stdout_fd: int 
         async with contextlib.AsyncExitStack() as stack:
             try:
                 transport = await _open_transport(options, stack)
+                stream = None
+                if options.stream:
+                    # On the datagram transport's port (it may have been 0: chosen by the
+                    # kernel), so that a peer has one address for both.
+                    port = transport.local_address[1]
+                    stream = await stack.enter_async_context(
+                        open_tcp_transport(options.bind[0], port)
+                    )
             except OSError as err:
                 _note(f"cannot bind {format_address(options.bind)}: {err.strerror or err}")
                 return 1
-            node, grace, description = await _start_node(options, transport, stack)
+            node, grace, description = await _start_node(options, transport, stack, stream)
             agent = _Agent(node, options, stdout_fd, grace)
             _note(f"listening on {format_address(node.local_address)} ({description})")
             async with trio.open_nursery() as nursery:

@@ -6,7 +6,7 @@ Commands::
         write a new cluster key file (mode 0600)
     gossip agent --bind HOST:PORT --peers HOST:PORT[,HOST:PORT...]
                  [--profile native|go-gossip] [--key-file PATH | --passphrase-file PATH]
-                 [--fanout N] [--transport udp|ebpf [--interface IF]]
+                 [--fanout N] [--transport udp|ebpf|tcp [--interface IF]] [--stream]
                  [--stats-interval SECONDS] [--delivery wait|drop]
                  [--push-window N] [--recv-buffer BYTES]
         run one node: stdin lines are published, delivered messages are JSON lines on stdout
@@ -131,6 +131,7 @@ def _agent(args: argparse.Namespace) -> int:
             delivery=args.delivery,
             push_window=args.push_window,
             recv_buffer=args.recv_buffer,
+            stream=args.stream,
         )
     except LocalProtocolError as err:
         parser.error(str(err))  # exits 2
@@ -235,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
         "to udp when it cannot run), or tcp streams (native profile)",
     )
     p.add_argument("--interface", metavar="IF", help="interface of the eBPF cloner")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="also TCP streams on the --bind port: messages up to 64 KiB, packets over 1400 "
+        "bytes go on a stream (native profile, udp or ebpf; every node needs it)",
+    )
     p.add_argument(
         "--stats-interval",
         type=_positive_float,

@@ -115,6 +115,7 @@ import trio
 from gossip.errors import LocalProtocolError
 from gossip.transport.base import Address, AsyncClosing, TransportStatistics
 from gossip.transport.udp import CHECKPOINT_EVERY
+from gossip.wire import MAX_STREAM_PACKET
 
 __all__ = [
     "CLOSE_REASONS",
@@ -141,7 +142,7 @@ __all__ = [
 ]
 
 #: Largest frame payload by default: room for full-state sync and large messages.
-DEFAULT_MAX_FRAME = 1 << 20
+DEFAULT_MAX_FRAME = MAX_STREAM_PACKET  # the codec's largest stream packet: 1 MiB
 #: Inbound connections open at once; more are accepted and closed at once.
 DEFAULT_MAX_INBOUND = 256
 #: Seconds a dial may take.
