@@ -681,6 +681,64 @@ async def test_udp_checkpoints_once_per_batch_not_per_datagram() -> None:
         assert 2 * count // 64 - 2 <= yields <= 2 * count // 64 + 10
 
 
+class _CountingSocket(socket.socket):
+    """A UDP socket that counts its recvfrom calls and the empty ones (BlockingIOError)."""
+
+    calls = 0
+    empty = 0
+
+    def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, tuple[str, int]]:
+        type(self).calls += 1
+        try:
+            return super().recvfrom(bufsize, flags)
+        except BlockingIOError:
+            type(self).empty += 1
+            raise
+
+
+async def test_udp_receive_after_a_drained_receive_nowait_waits_first() -> None:
+    # The runtime's loop: receive, then receive_nowait until WouldBlock, then receive again.
+    # That receive knows the queue was empty: it waits for readability instead of failing a
+    # recvfrom first (an exception per wake-up). It still gets what arrives, including a
+    # datagram that came between the drain and the wait.
+    sock = _CountingSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    with trio.fail_after(TIMEOUT):
+        async with await open_udp_transport("127.0.0.1") as a, UDPTransport(sock) as b:
+
+            async def later() -> None:
+                await trio.sleep(0.01)
+                await a.send(b"late", b.local_address)
+
+            for round_ in range(3):
+                with pytest.raises(trio.WouldBlock):
+                    b.receive_nowait()
+                before = _CountingSocket.calls, _CountingSocket.empty
+                if round_ == 1:
+                    # Already queued when receive starts: the wait returns at once.
+                    await a.send(b"early", b.local_address)
+                    await trio.sleep(0.01)
+                    assert await b.receive() == (b"early", a.local_address)
+                else:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(later)
+                        assert await b.receive() == (b"late", a.local_address)
+                # One recvfrom, which found the datagram: no failed one before the wait.
+                assert (_CountingSocket.calls, _CountingSocket.empty) == (
+                    before[0] + 1,
+                    before[1],
+                )
+            # Without a drain before it, receive tries the socket first, as before.
+            before = _CountingSocket.calls, _CountingSocket.empty
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(later)
+                assert await b.receive() == (b"late", a.local_address)
+            assert (_CountingSocket.calls, _CountingSocket.empty) == (
+                before[0] + 2,
+                before[1] + 1,
+            )
+
+
 async def test_open_udp_transport_validates_arguments() -> None:
     with pytest.raises(LocalProtocolError):
         await open_udp_transport("127.0.0.1", 70000)

@@ -127,6 +127,9 @@ class UDPTransport(AsyncClosing):
         # time wait for writability of a socket.
         self._write_wait_lock = trio.Lock()
         self._recv_streak = 0
+        # Set by a receive_nowait that found the queue empty: the next receive waits for
+        # readability first instead of asking the kernel again (a failed recvfrom raises).
+        self._drained = False
         self._send_streak = 0
         self._datagrams_sent = 0
         self._datagrams_received = 0
@@ -191,6 +194,15 @@ class UDPTransport(AsyncClosing):
             trio.ClosedResourceError: the transport is closed, before or during the wait.
         """
         sock = self._sock
+        if self._drained:
+            # A receive loop drained the queue with receive_nowait and comes back: the queue
+            # was empty a moment ago, so wait first (one failed recvfrom and its exception
+            # fewer per wake-up). If a datagram came meanwhile the wait returns at once.
+            self._drained = False
+            if self._closed:
+                raise trio.ClosedResourceError("the transport is closed")
+            self._recv_streak = 0
+            await trio.lowlevel.wait_readable(sock)
         while True:
             if self._recv_streak >= CHECKPOINT_EVERY:
                 # Before taking a datagram, so a cancellation here loses nothing.
@@ -232,12 +244,14 @@ class UDPTransport(AsyncClosing):
             try:
                 data, addr = self._sock.recvfrom(_MAX_DATAGRAM)
             except BlockingIOError:
+                self._drained = True
                 raise trio.WouldBlock from None
             except OSError as exc:
                 if exc.errno not in _TRANSIENT_RECV_ERRNOS:
                     raise
                 self._receive_errors += 1
                 continue
+            self._drained = False
             self._datagrams_received += 1
             self._bytes_received += len(data)
             if self._ipv6:
