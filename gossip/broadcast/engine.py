@@ -173,6 +173,8 @@ class GossipEngine:
         # keys the cache already evicted are skipped where met.
         self._order: list[bytes] = []
         self._order_head = 0
+        # The largest (newest) key ever cached: no cached key is newer (it may have left).
+        self._newest_cached = b""
         self._recent_cursor = 0
         self._rounds: dict[bytes, _Round] = {}
         self._own: set[bytes] = set()  # our own messages whose push round has not ended
@@ -510,7 +512,6 @@ class GossipEngine:
         holder's random digest picks it). Only keys newer than its newest: older ones it was
         offered before. Never answered in turn: a reverse digest lists only keys its receiver
         lacks, and a digest with a missing key gets a PullRequest, not a digest."""
-        listed = set(keys)
         # A key starts with its time (big-endian), so bytes order is time order: keys are
         # compared whole, not decoded. This runs for every digest that finds nothing missing
         # (~1 per node and message), and in an up-to-date cluster it finds nothing: the
@@ -522,6 +523,10 @@ class GossipEngine:
         if floor >> 48:
             return  # a key from the far future (it was not taken): nothing is newer
         floor_key = floor.to_bytes(6, "big") + bytes(MESSAGE_KEY_SIZE - 6)
+        if self._newest_cached < floor_key:
+            # Nothing ever cached is that new: the common case, answered without a walk.
+            return
+        listed = set(keys)
         # From the newest end of the arrival order, a bounded walk (the cache may hold 10^5).
         order, cache, head = self._order, self._cache, self._order_head
         newer: list[bytes] = []
@@ -767,20 +772,24 @@ class GossipEngine:
         cache = self._cache
         if len(data) + CACHE_ENTRY_OVERHEAD > cache.maxsize:
             return  # larger than the whole cache: delivered, but not kept for pulls
-        self._expire_cache(now, limit=2)
+        order = self._order
+        head = self._order_head
+        if head < len(order) and key_timestamp_ms(order[head]) < self._now_ms(now) - self._ttl_ms:
+            self._expire_cache(now, limit=2)  # (checked here first: a call saved per put)
         entries = self.config.cache_entries
         before = len(cache)
         if entries is not None:
             while len(cache) >= entries:
                 cache.popitem()
         cache[key] = data  # LRUCache evicts by bytes here if it must
-        evicted = before + 1 - len(cache)
-        if evicted:
+        after = len(cache)
+        if after <= before:
             # Younger than the TTL (expired entries left above): a pull may still want them.
-            self._n_evicted_early += evicted
-        order = self._order
+            self._n_evicted_early += before + 1 - after
+        self._newest_cached = max(self._newest_cached, key)
+        order = self._order  # (a compaction in _expire_cache makes a new list)
         order.append(key)
-        if len(order) - self._order_head > 2 * len(cache) + 1024:
+        if len(order) - self._order_head > 2 * after + 1024:
             self._compact_order()
 
     def _expire_cache(self, now: float, limit: int | None = None) -> None:
