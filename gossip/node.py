@@ -141,6 +141,10 @@ class Gossiper(Generic[E_co]):
         self.mux = Mux([engine]) if mux is None else mux
         if engine not in self.mux.engines:
             raise LocalProtocolError("the publishing engine must be one of the mux's engines")
+        # Per datagram: the only engine's own methods when the node has one (no mux call).
+        direct = self.mux if self.mux.single is None else self.mux.single
+        self._get_timer = direct.get_timer
+        self._datagrams_to_send = direct.datagrams_to_send
         self._subscribers: dict[type, list[Callable[[Any], None]]] = {}
         self.transport = transport
         self._clock_offset = clock_offset
@@ -149,6 +153,7 @@ class Gossiper(Generic[E_co]):
         self._wait = delivery == "wait"
         self._readers = trio.lowlevel.ParkingLot()  # tasks in receive()
         self._pushers = trio.lowlevel.ParkingLot()  # tasks in push() waiting for the window
+        self._pushers_waiting = 0  # len(self._pushers), without a Python call per datagram
         self._flush_wanted = trio.lowlevel.ParkingLot()  # the flusher, between push_nowaits
         self._overflow = 0
         self._push_waits = 0
@@ -192,8 +197,12 @@ class Gossiper(Generic[E_co]):
         if not engine.can_push(len(data), trio.current_time()):
             self._push_waits += 1
             while not engine.can_push(len(data), trio.current_time()):
-                with trio.move_on_after(_ROOM_POLL):
-                    await self._pushers.park()
+                self._pushers_waiting += 1
+                try:
+                    with trio.move_on_after(_ROOM_POLL):
+                        await self._pushers.park()
+                finally:
+                    self._pushers_waiting -= 1
                 self._check_open()
         if key is None:
             key = engine.push(data, trio.current_time())
@@ -370,14 +379,14 @@ class Gossiper(Generic[E_co]):
             self._readers.unpark()
 
     def _update_deadline(self) -> None:
-        deadline = self.mux.get_timer()
+        deadline = self._get_timer()
         if deadline is None:
             deadline = math.inf
         if deadline != self._deadline:
             # Moving a cancel scope's deadline re-sorts trio's deadline heap: only on change.
             self._deadline = deadline
             self._timer_scope.deadline = deadline
-        if self._pushers:
+        if self._pushers_waiting:
             self._pushers.unpark_all()  # they re-check the window themselves
 
     async def _receive_loop(self, transport: Transport | None = None) -> None:
@@ -388,6 +397,7 @@ class Gossiper(Generic[E_co]):
         receive_nowait = nowait if callable(nowait) else None
         receive = transport.receive
         engine = self.mux
+        datagrams_to_send = self._datagrams_to_send
         current_time = trio.current_time
         while True:
             try:
@@ -408,7 +418,7 @@ class Gossiper(Generic[E_co]):
                     except (trio.WouldBlock, trio.ClosedResourceError):
                         break
                     engine.receive(data, addr, now)
-            out = engine.datagrams_to_send()
+            out = datagrams_to_send()
             events = engine.pop_events()
             if out or events:
                 try:
