@@ -61,7 +61,8 @@ __all__ = [
 ]
 
 #: Datagrams the receive loop takes without waiting before it flushes (when the transport
-#: has ``receive_nowait``). The delivery queue may exceed its bound by this much.
+#: has ``receive_batch`` or ``receive_nowait``). The delivery queue may exceed its bound by
+#: this much.
 RECEIVE_BATCH: Final = 32
 
 #: While ``push`` waits for cache room (messages ageing out), it re-checks this often.
@@ -393,10 +394,19 @@ class Gossiper(Generic[E_co]):
         """Feed what ``transport`` (default: the datagram transport) receives to the mux."""
         if transport is None:
             transport = self.transport
-        nowait = getattr(transport, "receive_nowait", None)  # optional in the protocol
-        receive_nowait = nowait if callable(nowait) else None
+        # Optional in the protocol: receive_batch (UDP: a burst in one call, no exception when
+        # the queue runs dry), else receive_nowait (one call per datagram).
+        batch = getattr(transport, "receive_batch", None)
+        receive_batch = batch if callable(batch) else None
+        nowait = getattr(transport, "receive_nowait", None)
+        receive_nowait = nowait if callable(nowait) and receive_batch is None else None
         receive = transport.receive
         engine = self.mux
+        # A node of one engine: datagrams of its types go straight to it (the mux's routing,
+        # without a call per datagram); anything else through the mux, which drops it.
+        single = engine.single
+        owned = range(0) if single is None else single.packet_types
+        direct = engine.receive if single is None else single.receive
         datagrams_to_send = self._datagrams_to_send
         current_time = trio.current_time
         while True:
@@ -409,9 +419,22 @@ class Gossiper(Generic[E_co]):
                 self._close(err)
                 return
             now = current_time()
-            engine.receive(data, addr, now)
-            if receive_nowait is not None:
-                # Take what is already queued before flushing once.
+            if len(data) > 1 and data[1] in owned:
+                direct(data, addr, now)
+            else:
+                engine.receive(data, addr, now)
+            # Take what is already queued before flushing once.
+            if receive_batch is not None:
+                try:
+                    queued = receive_batch(RECEIVE_BATCH - 1)
+                except trio.ClosedResourceError:
+                    queued = []  # the next receive() says so
+                for data, addr in queued:
+                    if len(data) > 1 and data[1] in owned:
+                        direct(data, addr, now)
+                    else:
+                        engine.receive(data, addr, now)
+            elif receive_nowait is not None:
                 for _ in range(RECEIVE_BATCH - 1):
                     try:
                         data, addr = receive_nowait()

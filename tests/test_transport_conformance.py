@@ -739,6 +739,39 @@ async def test_udp_receive_after_a_drained_receive_nowait_waits_first() -> None:
             )
 
 
+async def test_udp_receive_batch_takes_what_is_queued_up_to_its_limit() -> None:
+    # The runtime's drain on UDP: one call per burst, and no exception when the queue runs
+    # dry (one failed recvfrom, caught where it happens).
+    sock = _CountingSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    with trio.fail_after(TIMEOUT):
+        async with await open_udp_transport("127.0.0.1") as a, UDPTransport(sock) as b:
+            assert b.receive_batch(8) == []
+            for i in range(5):
+                await a.send(b"%d" % i, b.local_address)
+            got: list[tuple[bytes, Address]] = []
+            while len(got) < 5:
+                got += b.receive_batch(3)
+                await trio.sleep(0.001)
+            assert got == [(b"%d" % i, a.local_address) for i in range(5)]
+            assert b.statistics().datagrams_received == 5
+            assert b.receive_batch(8) == []
+            # It found the queue empty: the next receive waits first (one recvfrom, not two).
+            before = _CountingSocket.calls, _CountingSocket.empty
+            async with trio.open_nursery() as nursery:
+
+                async def later() -> None:
+                    await trio.sleep(0.01)
+                    await a.send(b"late", b.local_address)
+
+                nursery.start_soon(later)
+                assert await b.receive() == (b"late", a.local_address)
+            assert (_CountingSocket.calls, _CountingSocket.empty) == (before[0] + 1, before[1])
+            await b.aclose()
+            with pytest.raises(trio.ClosedResourceError):
+                b.receive_batch(8)
+
+
 async def test_open_udp_transport_validates_arguments() -> None:
     with pytest.raises(LocalProtocolError):
         await open_udp_transport("127.0.0.1", 70000)

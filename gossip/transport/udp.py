@@ -258,6 +258,36 @@ class UDPTransport(AsyncClosing):
                 addr = (addr[0], addr[1])
             return data, addr
 
+    def receive_batch(self, limit: int) -> list[tuple[bytes, Address]]:
+        """Up to ``limit`` datagrams that are already queued, without waiting (``[]``: none):
+        what :meth:`receive_nowait` returns one call at a time, for a receive loop that
+        drains a burst in one call and without an exception at its end (``trio.WouldBlock``
+        raised and caught once per wake-up). An empty queue is noted as by
+        :meth:`receive_nowait`: the next :meth:`receive` waits first.
+
+        Raises:
+            trio.ClosedResourceError: the transport is closed.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("the transport is closed")
+        recvfrom = self._sock.recvfrom
+        got: list[tuple[bytes, Address]] = []
+        while len(got) < limit:
+            try:
+                data, addr = recvfrom(_MAX_DATAGRAM)
+            except BlockingIOError:
+                self._drained = True
+                break
+            except OSError as exc:
+                if exc.errno not in _TRANSIENT_RECV_ERRNOS:
+                    raise
+                self._receive_errors += 1
+                continue
+            self._datagrams_received += 1
+            self._bytes_received += len(data)
+            got.append((data, (addr[0], addr[1]) if self._ipv6 else addr))
+        return got
+
     async def send(self, data: bytes, addr: Address) -> None:
         """Send one datagram to ``addr`` (numeric host).
 
