@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, Generic, Literal, TypeVar, overload
@@ -152,7 +152,9 @@ class Gossiper(Generic[E_co]):
         self._queue: deque[Message] = deque()
         self._capacity = delivery_queue
         self._wait = delivery == "wait"
-        self._readers = trio.lowlevel.ParkingLot()  # tasks in receive()
+        # Tasks waiting in receive(), oldest first: a ParkingLot's park/unpark without its
+        # generator, list and checks (one wake-up per delivered message at every node).
+        self._readers: OrderedDict[trio.lowlevel.Task, None] = OrderedDict()
         self._pushers = trio.lowlevel.ParkingLot()  # tasks in push() waiting for the window
         self._pushers_waiting = 0  # len(self._pushers), without a Python call per datagram
         self._flush_wanted = trio.lowlevel.ParkingLot()  # the flusher, between push_nowaits
@@ -246,13 +248,13 @@ class Gossiper(Generic[E_co]):
                 delivered before was read; ``async for message in node`` then ends.
         """
         if not self._queue:
-            # park() is the checkpoint: one more after it cost every node a second trip through
-            # the scheduler per delivered message (N = 128 on loopback: 2.04 application-task
-            # steps per node and message, against 1.05 without).
+            # The wait is the checkpoint: one more after it cost every node a second trip
+            # through the scheduler per delivered message (N = 128 on loopback: 2.04
+            # application-task steps per node and message, against 1.05 without).
             while not self._queue:
                 if self._closed:
                     raise trio.EndOfChannel
-                await self._readers.park()
+                await self._wait_for_delivery()
             self._unyielded = 1
         else:
             # The receive loop queues up to RECEIVE_BATCH messages per pass through trio's
@@ -267,6 +269,18 @@ class Gossiper(Generic[E_co]):
             self._unyielded = (self._unyielded + 1) % RECEIVE_BATCH
         return self._take()
 
+    async def _wait_for_delivery(self) -> None:
+        """Sleep until ``_deliver`` (or ``_close``) wakes this task; a cancellation leaves."""
+        task = trio.lowlevel.current_task()
+        readers = self._readers
+        readers[task] = None
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            del readers[task]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
     def receive_nowait(self) -> Message:
         """The next delivered message if one is queued, else raise ``trio.WouldBlock``
         (``trio.EndOfChannel`` once the node is closed and drained)."""
@@ -278,10 +292,22 @@ class Gossiper(Generic[E_co]):
         return self
 
     async def __anext__(self) -> Message:
-        try:
-            return await self.receive()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
+        # receive() without its EndOfChannel: the commonest loop (``async for``) then costs
+        # one coroutine per message, not two.
+        queue = self._queue
+        if not queue:
+            while not queue:
+                if self._closed:
+                    raise StopAsyncIteration
+                await self._wait_for_delivery()
+            self._unyielded = 1
+        else:
+            if self._unyielded == 0:
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            self._unyielded = (self._unyielded + 1) % RECEIVE_BATCH
+        return self._take()
 
     def statistics(self: Gossiper[Publisher[S]]) -> GossiperStatistics[S]:
         """Counters of the engine, the transport and the delivery queue."""
@@ -325,7 +351,7 @@ class Gossiper(Generic[E_co]):
         if broken is not None and self._broken is None:
             self._broken = broken
         self._closed = True
-        self._readers.unpark_all()
+        self._wake_readers(len(self._readers))
         self._pushers.unpark_all()
 
     def _take(self) -> Message:
@@ -376,8 +402,15 @@ class Gossiper(Generic[E_co]):
                     callback(event)
         if self._wait and len(queue) >= self._capacity:
             self.engine.accepting = False  # until the application takes some
-        if queue:
-            self._readers.unpark()
+        if queue and self._readers:
+            self._wake_readers(1)
+
+    def _wake_readers(self, count: int) -> None:
+        """Wake the ``count`` longest-waiting tasks in ``receive``."""
+        readers = self._readers
+        for _ in range(min(count, len(readers))):
+            task, _ = readers.popitem(last=False)
+            trio.lowlevel.reschedule(task)
 
     def _update_deadline(self) -> None:
         deadline = self._get_timer()

@@ -245,6 +245,51 @@ async def test_iteration_ends_when_the_block_exits(autojump_clock: trio.testing.
             await ended.wait()
 
 
+async def test_waiting_readers_are_woken_in_turn_and_a_cancelled_one_leaves(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Several tasks may wait in receive() (and in async for): each delivery wakes the one
+    # that waited longest; a reader whose wait was cancelled is not woken for anything.
+    net = MemoryNetwork()
+    a, b = net.open_transport(), net.open_transport()
+    disc = StaticDiscovery([a.local_address, b.local_address])
+    got: list[tuple[str, bytes]] = []
+    async with (
+        open_gossiper(disc, a) as ga,
+        open_gossiper(disc, b) as gb,
+        trio.open_nursery() as nursery,
+    ):
+
+        async def by_receive(name: str) -> None:
+            got.append((name, (await gb.receive()).data))
+
+        async def by_iteration(name: str) -> None:
+            async for message in gb:
+                got.append((name, message.data))
+                return
+
+        gone = trio.CancelScope()
+
+        async def cancelled() -> None:
+            with gone:
+                await by_receive("first")
+
+        nursery.start_soon(cancelled)
+        await trio.sleep(0.1)
+        gone.cancel()
+        nursery.start_soon(by_receive, "second")
+        await trio.sleep(0.1)
+        nursery.start_soon(by_iteration, "third")
+        await trio.sleep(0.1)
+        await ga.push(b"one")
+        await trio.sleep(1)
+        assert got == [("second", b"one")]
+        await ga.push(b"two")
+        await trio.sleep(1)
+        assert got == [("second", b"one"), ("third", b"two")]
+    assert not gb._readers  # nobody left waiting
+
+
 class _Boom(Exception):
     pass
 
