@@ -148,6 +148,11 @@ class Gossiper(Generic[E_co]):
         self._datagrams_to_send = direct.datagrams_to_send
         self._subscribers: dict[type, list[Callable[[Any], None]]] = {}
         self.transport = transport
+        # Optional in the protocol (UDP has it): send what needs no wait without a coroutine.
+        send_nowait = getattr(transport, "send_many_nowait", None)
+        self._send_nowait: Callable[[bytes, Sequence[Address]], int] | None = (
+            send_nowait if callable(send_nowait) else None
+        )
         self._clock_offset = clock_offset
         self._queue: deque[Message] = deque()
         self._capacity = delivery_queue
@@ -372,15 +377,24 @@ class Gossiper(Generic[E_co]):
         if events is None:
             events = mux.pop_events()
         stream = self.stream
+        send_nowait = self._send_nowait
         for out in outgoing:
             via = transport
+            addrs = out.addrs
             if stream is not None and (out.reliable or len(out.data) > self._datagram_limit):
                 # Peers listen for streams on their datagram port: the same address.
                 via = stream
-            if len(out.addrs) == 1:
-                await via.send(out.data, out.addrs[0])
+            elif send_nowait is not None:
+                # What goes out without waiting, without a coroutine; the rest (a full
+                # buffer, a checkpoint due) through the transport's send_many.
+                done = send_nowait(out.data, addrs)
+                if done == len(addrs):
+                    continue
+                addrs = addrs[done:]
+            if len(addrs) == 1:
+                await via.send(out.data, addrs[0])
             else:
-                await via.send_many(out.data, out.addrs)
+                await via.send_many(out.data, addrs)
         if events:
             self._deliver(events)
         self._update_deadline()

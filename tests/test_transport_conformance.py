@@ -772,6 +772,28 @@ async def test_udp_receive_batch_takes_what_is_queued_up_to_its_limit() -> None:
                 b.receive_batch(8)
 
 
+async def test_udp_send_many_nowait_sends_until_a_wait_or_a_checkpoint_is_due() -> None:
+    # The runtime's flush on UDP: what needs no wait goes out without a coroutine; where
+    # send_many would checkpoint (or wait for room), it stops and says how far it got.
+    with trio.fail_after(TIMEOUT):
+        async with (
+            await open_udp_transport("127.0.0.1") as a,
+            await open_udp_transport("127.0.0.1", recv_buffer=1 << 20) as b,
+        ):
+            to_b = [b.local_address] * 100
+            assert a.send_many_nowait(b"x", to_b[:3]) == 3
+            assert a.send_many_nowait(b"y", to_b) == CHECKPOINT_EVERY - 3
+            assert a.send_many_nowait(b"z", to_b) == 0  # a checkpoint is due
+            await a.send_many(b"z", to_b[:1])  # it checkpoints, then sends
+            assert a.send_many_nowait(b"z", to_b[:2]) == 2
+            assert a.statistics().datagrams_sent == CHECKPOINT_EVERY + 3
+            got = [(await b.receive())[0] for _ in range(CHECKPOINT_EVERY + 3)]
+            assert got == [b"x"] * 3 + [b"y"] * (CHECKPOINT_EVERY - 3) + [b"z"] * 3
+            await a.aclose()
+            with pytest.raises(trio.ClosedResourceError):
+                a.send_many_nowait(b"x", to_b[:1])
+
+
 async def test_open_udp_transport_validates_arguments() -> None:
     with pytest.raises(LocalProtocolError):
         await open_udp_transport("127.0.0.1", 70000)

@@ -314,6 +314,38 @@ class UDPTransport(AsyncClosing):
             self._bytes_sent += len(data)
         self._send_streak += 1
 
+    def send_many_nowait(self, data: bytes, addrs: Sequence[Address]) -> int:
+        """Send ``data`` to ``addrs`` in order for as long as no wait is needed: stops at a
+        full send buffer, or where :meth:`send` would checkpoint (every
+        :data:`CHECKPOINT_EVERY` sends). Returns how many addresses it handled (sent, or
+        counted in ``send_errors`` as :meth:`send` counts them); the caller hands the rest to
+        :meth:`send_many`, which waits and checkpoints. A runtime flushing a few datagrams
+        per input then needs no coroutine per datagram.
+
+        Raises:
+            trio.ClosedResourceError: the transport is closed.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("send on a closed transport")
+        sendto = self._sock.sendto
+        size = len(data)
+        done = 0
+        for addr in addrs:
+            if self._send_streak >= CHECKPOINT_EVERY:
+                break
+            try:
+                sendto(data, addr)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._send_errors += 1
+            else:
+                self._datagrams_sent += 1
+                self._bytes_sent += size
+            self._send_streak += 1
+            done += 1
+        return done
+
     async def send_many(self, data: bytes, addrs: Sequence[Address]) -> None:
         """Send ``data`` to every address in ``addrs``: one ``sendto`` each, same rules as
         :meth:`send` (CPython has no ``sendmmsg``).
