@@ -371,33 +371,51 @@ class Gossiper(Generic[E_co]):
         events: Sequence[object] | None = None,
     ) -> None:
         mux = self.mux
-        transport = self.transport
         if outgoing is None:
             outgoing = mux.datagrams_to_send()
         if events is None:
             events = mux.pop_events()
-        stream = self.stream
+        i, done = self._send_now(outgoing)
+        if i < len(outgoing):
+            await self._send_rest(outgoing, i, done)
+        if events:
+            self._deliver(events)
+        self._update_deadline()
+
+    def _send_now(self, outgoing: Sequence[Outgoing]) -> tuple[int, int]:
+        """Send what goes out without waiting, without a coroutine (the transport's
+        ``send_many_nowait``): stops at a datagram for the stream transport, a full buffer or
+        a checkpoint due. Returns where it stopped: the index in ``outgoing`` and how many of
+        that datagram's addresses were done (``len(outgoing)``: everything was sent)."""
         send_nowait = self._send_nowait
-        for out in outgoing:
+        if send_nowait is None:
+            return 0, 0
+        stream = self.stream
+        limit = self._datagram_limit
+        for i, out in enumerate(outgoing):
+            if stream is not None and (out.reliable or len(out.data) > limit):
+                return i, 0
+            done = send_nowait(out.data, out.addrs)
+            if done < len(out.addrs):
+                return i, done
+        return len(outgoing), 0
+
+    async def _send_rest(self, outgoing: Sequence[Outgoing], start: int, done: int) -> None:
+        """Send ``outgoing[start:]`` (the first without its ``done`` first addresses) through
+        the transports' awaitable sends, which wait for room and checkpoint."""
+        transport = self.transport
+        stream = self.stream
+        for out in outgoing[start:]:
             via = transport
-            addrs = out.addrs
+            addrs = out.addrs[done:]
+            done = 0
             if stream is not None and (out.reliable or len(out.data) > self._datagram_limit):
                 # Peers listen for streams on their datagram port: the same address.
                 via = stream
-            elif send_nowait is not None:
-                # What goes out without waiting, without a coroutine; the rest (a full
-                # buffer, a checkpoint due) through the transport's send_many.
-                done = send_nowait(out.data, addrs)
-                if done == len(addrs):
-                    continue
-                addrs = addrs[done:]
             if len(addrs) == 1:
                 await via.send(out.data, addrs[0])
             else:
                 await via.send_many(out.data, addrs)
-        if events:
-            self._deliver(events)
-        self._update_deadline()
 
     def _deliver(self, events: Sequence[object]) -> None:
         queue = self._queue
@@ -491,14 +509,20 @@ class Gossiper(Generic[E_co]):
             out = datagrams_to_send()
             events = engine.pop_events()
             if out or events:
+                # _flush, inline: no coroutine when everything goes out without waiting.
                 try:
-                    await self._flush(out, events)
+                    i, done = self._send_now(out)
+                    if i < len(out):
+                        await self._send_rest(out, i, done)
                 except trio.ClosedResourceError:
                     self._close()
                     return  # the transport was closed under us: stop quietly
                 except trio.BrokenResourceError as err:
                     self._close(err)
                     return
+                if events:
+                    self._deliver(events)
+                self._update_deadline()
             else:
                 # Duplicates or ACKs: nothing to send or deliver, maybe a timer to move.
                 # No coroutine for it (this is the commonest datagram).

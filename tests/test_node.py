@@ -15,10 +15,11 @@ from gossip.broadcast import EngineStatistics, GossipConfig, GossipEngine
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
+from gossip.events import Outgoing
 from gossip.node import Delivery, Gossiper, GossiperStatistics, Message, open_gossiper
 from gossip.transport.base import Transport, TransportStatistics
 from gossip.transport.memory import LinkConditions, MemoryNetwork
-from gossip.transport.udp import open_udp_transport
+from gossip.transport.udp import CHECKPOINT_EVERY, open_udp_transport
 from gossip.wire import key_timestamp_ms
 
 
@@ -288,6 +289,26 @@ async def test_waiting_readers_are_woken_in_turn_and_a_cancelled_one_leaves(
         await trio.sleep(1)
         assert got == [("second", b"one"), ("third", b"two")]
     assert not gb._readers  # nobody left waiting
+
+
+async def test_a_flush_larger_than_a_checkpoint_batch_sends_everything_in_order() -> None:
+    # The flush sends what needs no wait without a coroutine and hands the rest (from where
+    # a checkpoint fell due, inside a fan-out too) to the awaitable sends.
+    with trio.fail_after(10):
+        async with (
+            await open_udp_transport("127.0.0.1") as ta,
+            await open_udp_transport("127.0.0.1", recv_buffer=1 << 20) as tb,
+            open_gossiper(StaticDiscovery([ta.local_address]), ta) as g,
+        ):
+            to_b = tb.local_address
+            out = [Outgoing(b"%d" % i, (to_b,)) for i in range(CHECKPOINT_EVERY - 2)]
+            out.append(Outgoing(b"fan", (to_b,) * 5))  # split by the checkpoint
+            out += [Outgoing(b"%d" % i, (to_b,)) for i in range(100, 200)]
+            await g._flush(out, [])
+            want = [o.data for o in out for _ in o.addrs]
+            got = [(await tb.receive())[0] for _ in want]
+            assert got == want
+            assert ta.statistics().datagrams_sent == len(want)
 
 
 class _Boom(Exception):
