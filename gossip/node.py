@@ -33,7 +33,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final, Generic, Literal, TypeVar, overload
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar, cast, overload
 
 import attrs
 import trio
@@ -75,6 +75,18 @@ EngineFactory = Callable[[EngineContext], Engine[Any]]
 """Makes one more engine for a node from what the node shares (see :mod:`gossip.engine`)."""
 
 S = TypeVar("S")
+
+
+class _ReceivesBatches(Protocol):
+    """A transport that drains what is queued in one call (UDP)."""
+
+    def receive_batch(self, limit: int) -> Sequence[tuple[bytes, Address]]: ...
+
+
+class _SendsNowait(Protocol):
+    """A transport that sends without waiting while it can (UDP)."""
+
+    def send_many_nowait(self, data: bytes, addrs: Sequence[Address]) -> int: ...
 
 
 @attrs.frozen(slots=True)
@@ -143,15 +155,17 @@ class Gossiper(Generic[E_co]):
         if engine not in self.mux.engines:
             raise LocalProtocolError("the publishing engine must be one of the mux's engines")
         # Per datagram: the only engine's own methods when the node has one (no mux call).
-        direct = self.mux if self.mux.single is None else self.mux.single
-        self._get_timer = direct.get_timer
-        self._datagrams_to_send = direct.datagrams_to_send
+        #: What the pump asks for timers and datagrams: the only engine when the node has one
+        #: (the mux adds nothing then), else the mux. Methods are looked up at each call: a
+        #: bound method kept per node is one more object for the garbage collector to scan.
+        self._direct: Engine[Any] | Mux = self.mux if self.mux.single is None else self.mux.single
         self._subscribers: dict[type, list[Callable[[Any], None]]] = {}
         self.transport = transport
         # Optional in the protocol (UDP has it): send what needs no wait without a coroutine.
-        send_nowait = getattr(transport, "send_many_nowait", None)
-        self._send_nowait: Callable[[bytes, Sequence[Address]], int] | None = (
-            send_nowait if callable(send_nowait) else None
+        self._nowait_sender = (
+            cast("_SendsNowait", transport)
+            if callable(getattr(transport, "send_many_nowait", None))
+            else None
         )
         self._clock_offset = clock_offset
         self._queue: deque[Message] = deque()
@@ -160,9 +174,12 @@ class Gossiper(Generic[E_co]):
         # Tasks waiting in receive(), oldest first: a ParkingLot's park/unpark without its
         # generator, list and checks (one wake-up per delivered message at every node).
         self._readers: OrderedDict[trio.lowlevel.Task, None] = OrderedDict()
-        self._pushers = trio.lowlevel.ParkingLot()  # tasks in push() waiting for the window
+        # Made when first needed (most nodes never pace a source nor use push_nowait).
+        self._pushers: trio.lowlevel.ParkingLot | None = None  # push() waiting for the window
         self._pushers_waiting = 0  # len(self._pushers), without a Python call per datagram
-        self._flush_wanted = trio.lowlevel.ParkingLot()  # the flusher, between push_nowaits
+        self._flush_wanted: trio.lowlevel.ParkingLot | None = None  # the flusher's wake-up
+        #: Set by run_engine: where the first push_nowait starts the flusher.
+        self._nursery: trio.Nursery | None = None
         self._overflow = 0
         self._push_waits = 0
         self._closed = False
@@ -204,11 +221,14 @@ class Gossiper(Generic[E_co]):
             self._keyed()  # refuse before waiting
         if not engine.can_push(len(data), trio.current_time()):
             self._push_waits += 1
+            if self._pushers is None:
+                self._pushers = trio.lowlevel.ParkingLot()
+            pushers = self._pushers
             while not engine.can_push(len(data), trio.current_time()):
                 self._pushers_waiting += 1
                 try:
                     with trio.move_on_after(_ROOM_POLL):
-                        await self._pushers.park()
+                        await pushers.park()
                 finally:
                     self._pushers_waiting -= 1
                 self._check_open()
@@ -242,7 +262,13 @@ class Gossiper(Generic[E_co]):
         if not self.engine.can_push(len(data), now):
             raise trio.WouldBlock
         key = self.engine.push(data, now) if keyed is None else keyed.push(data, now, key=key)
-        self._flush_wanted.unpark()
+        if self._flush_wanted is not None:
+            self._flush_wanted.unpark()
+        else:
+            # The first push_nowait starts the flusher (it flushes first, then waits).
+            assert self._nursery is not None, "made by run_engine"
+            self._flush_wanted = trio.lowlevel.ParkingLot()
+            self._nursery.start_soon(self._flush_loop, self._flush_wanted)
         return key
 
     async def receive(self) -> Message:
@@ -357,7 +383,8 @@ class Gossiper(Generic[E_co]):
             self._broken = broken
         self._closed = True
         self._wake_readers(len(self._readers))
-        self._pushers.unpark_all()
+        if self._pushers is not None:
+            self._pushers.unpark_all()
 
     def _take(self) -> Message:
         message = self._queue.popleft()
@@ -387,15 +414,15 @@ class Gossiper(Generic[E_co]):
         ``send_many_nowait``): stops at a datagram for the stream transport, a full buffer or
         a checkpoint due. Returns where it stopped: the index in ``outgoing`` and how many of
         that datagram's addresses were done (``len(outgoing)``: everything was sent)."""
-        send_nowait = self._send_nowait
-        if send_nowait is None:
+        sender = self._nowait_sender
+        if sender is None:
             return 0, 0
         stream = self.stream
         limit = self._datagram_limit
         for i, out in enumerate(outgoing):
             if stream is not None and (out.reliable or len(out.data) > limit):
                 return i, 0
-            done = send_nowait(out.data, out.addrs)
+            done = sender.send_many_nowait(out.data, out.addrs)
             if done < len(out.addrs):
                 return i, done
         return len(outgoing), 0
@@ -445,14 +472,14 @@ class Gossiper(Generic[E_co]):
             trio.lowlevel.reschedule(task)
 
     def _update_deadline(self) -> None:
-        deadline = self._get_timer()
+        deadline = self._direct.get_timer()
         if deadline is None:
             deadline = math.inf
         if deadline != self._deadline:
             # Moving a cancel scope's deadline re-sorts trio's deadline heap: only on change.
             self._deadline = deadline
             self._timer_scope.deadline = deadline
-        if self._pushers_waiting:
+        if self._pushers_waiting and self._pushers is not None:
             self._pushers.unpark_all()  # they re-check the window themselves
 
     async def _receive_loop(self, transport: Transport | None = None) -> None:
@@ -461,18 +488,19 @@ class Gossiper(Generic[E_co]):
             transport = self.transport
         # Optional in the protocol: receive_batch (UDP: a burst in one call, no exception when
         # the queue runs dry), else receive_nowait (one call per datagram).
-        batch = getattr(transport, "receive_batch", None)
-        receive_batch = batch if callable(batch) else None
+        batcher = (
+            cast("_ReceivesBatches", transport)
+            if callable(getattr(transport, "receive_batch", None))
+            else None
+        )
         nowait = getattr(transport, "receive_nowait", None)
-        receive_nowait = nowait if callable(nowait) and receive_batch is None else None
+        receive_nowait = nowait if callable(nowait) and batcher is None else None
         receive = transport.receive
         engine = self.mux
         # A node of one engine: datagrams of its types go straight to it (the mux's routing,
         # without a call per datagram); anything else through the mux, which drops it.
-        single = engine.single
-        owned = range(0) if single is None else single.packet_types
-        direct = engine.receive if single is None else single.receive
-        datagrams_to_send = self._datagrams_to_send
+        direct = self._direct
+        owned = range(0) if engine.single is None else engine.single.packet_types
         current_time = trio.current_time
         while True:
             try:
@@ -485,18 +513,18 @@ class Gossiper(Generic[E_co]):
                 return
             now = current_time()
             if len(data) > 1 and data[1] in owned:
-                direct(data, addr, now)
+                direct.receive(data, addr, now)
             else:
                 engine.receive(data, addr, now)
             # Take what is already queued before flushing once.
-            if receive_batch is not None:
+            if batcher is not None:
                 try:
-                    queued = receive_batch(RECEIVE_BATCH - 1)
+                    queued = batcher.receive_batch(RECEIVE_BATCH - 1)
                 except trio.ClosedResourceError:
                     queued = []  # the next receive() says so
                 for data, addr in queued:
                     if len(data) > 1 and data[1] in owned:
-                        direct(data, addr, now)
+                        direct.receive(data, addr, now)
                     else:
                         engine.receive(data, addr, now)
             elif receive_nowait is not None:
@@ -506,7 +534,7 @@ class Gossiper(Generic[E_co]):
                     except (trio.WouldBlock, trio.ClosedResourceError):
                         break
                     engine.receive(data, addr, now)
-            out = datagrams_to_send()
+            out = direct.datagrams_to_send()
             events = engine.pop_events()
             if out or events:
                 # _flush, inline: no coroutine when everything goes out without waiting.
@@ -546,10 +574,10 @@ class Gossiper(Generic[E_co]):
                 self._close(err)
                 return
 
-    async def _flush_loop(self) -> None:
-        """Send what ``push_nowait`` left in the engine (one flush for a run of them)."""
+    async def _flush_loop(self, wanted: trio.lowlevel.ParkingLot) -> None:
+        """Send what ``push_nowait`` left in the engine (one flush for a run of them).
+        Started by the first ``push_nowait``: it flushes at once, then waits for the next."""
         while True:
-            await self._flush_wanted.park()
             try:
                 await self._flush()
             except trio.ClosedResourceError:
@@ -558,6 +586,7 @@ class Gossiper(Generic[E_co]):
             except trio.BrokenResourceError as err:
                 self._close(err)
                 return
+            await wanted.park()
 
 
 @asynccontextmanager
@@ -610,7 +639,7 @@ async def run_engine(
             if stream is not None:
                 nursery.start_soon(gossiper._receive_loop, stream)
             nursery.start_soon(gossiper._timer_loop)
-            nursery.start_soon(gossiper._flush_loop)
+            gossiper._nursery = nursery  # the flusher starts with the first push_nowait
             try:
                 yield gossiper
             finally:
@@ -682,10 +711,12 @@ async def open_gossiper(
     )
     now = trio.current_time()
     engine.start(now)
-    context = EngineContext(
-        codec, transport.local_address, discovery, rng or random.Random(), now, key_rng=rng
-    )
-    others = [make(context) for make in engines]
+    others: Sequence[Engine[Any]] = ()
+    if engines:
+        context = EngineContext(
+            codec, transport.local_address, discovery, rng or random.Random(), now, key_rng=rng
+        )
+        others = [make(context) for make in engines]
     async with run_engine(
         engine,
         transport,

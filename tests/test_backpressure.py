@@ -233,6 +233,27 @@ async def test_push_waits_for_the_window_and_push_nowait_refuses(
         nursery.cancel_scope.cancel()
 
 
+async def test_push_nowait_starts_the_flusher_then_wakes_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A node that never calls push_nowait runs no flusher task; the first call starts it
+    # (its datagrams leave after the caller's next checkpoint), later calls wake it.
+    net = MemoryNetwork()
+    ta, tb = net.open_transport(), net.open_transport()
+    disc = StaticDiscovery([ta.local_address, tb.local_address])
+    async with open_gossiper(disc, ta) as a, open_gossiper(disc, tb) as b:
+        assert a._flush_wanted is None
+        for n, data in enumerate((b"one", b"two", b"three"), 1):
+            sent = ta.statistics().datagrams_sent
+            a.push_nowait(data)
+            assert ta.statistics().datagrams_sent == sent  # not before a checkpoint
+            with trio.fail_after(1):
+                assert (await b.receive()).data == data
+            assert ta.statistics().datagrams_sent > sent
+            assert a.statistics().engine.pushed == n
+        assert a._flush_wanted is not None
+
+
 @pytest.mark.parametrize("loss", [0.0, 0.1])
 async def test_burst_reaches_every_node_exactly_once(
     autojump_clock: trio.testing.MockClock, loss: float
