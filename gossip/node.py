@@ -555,6 +555,9 @@ class Gossiper(Generic[E_co]):
                 # Duplicates or ACKs: nothing to send or deliver, maybe a timer to move.
                 # No coroutine for it (this is the commonest datagram).
                 self._update_deadline()
+            # Let go of this pass's lists before the next wait (an idle node waits for most of
+            # its life): freed now they die young, held they outlive a collection each.
+            queued = out = events = ()
 
     async def _timer_loop(self) -> None:
         engine = self.mux

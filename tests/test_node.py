@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -15,7 +16,7 @@ from gossip.broadcast import EngineStatistics, GossipConfig, GossipEngine
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
-from gossip.events import Outgoing
+from gossip.events import MessageDelivered, Outgoing
 from gossip.node import Delivery, Gossiper, GossiperStatistics, Message, open_gossiper
 from gossip.transport.base import Transport, TransportStatistics
 from gossip.transport.memory import LinkConditions, MemoryNetwork
@@ -309,6 +310,24 @@ async def test_a_flush_larger_than_a_checkpoint_batch_sends_everything_in_order(
             got = [(await tb.receive())[0] for _ in want]
             assert got == want
             assert ta.statistics().datagrams_sent == len(want)
+
+
+async def test_an_idle_node_holds_nothing_of_its_last_pass() -> None:
+    # The receive loop lets go of a pass's datagrams, events and batch before it waits: an
+    # idle node (most of a node's life) keeps none of them alive through a collection.
+    with trio.fail_after(10):
+        async with (
+            await open_udp_transport("127.0.0.1") as ta,
+            await open_udp_transport("127.0.0.1") as tb,
+        ):
+            disc = StaticDiscovery([ta.local_address, tb.local_address])
+            async with open_gossiper(disc, ta) as a, open_gossiper(disc, tb) as b:
+                await a.push(b"x")
+                assert (await b.receive()).data == b"x"
+                await trio.sleep(0.05)  # b's ACK went out; both nodes wait
+                gc.collect()
+                alive = [o for o in gc.get_objects() if isinstance(o, Outgoing | MessageDelivered)]
+                assert alive == []
 
 
 class _Boom(Exception):
