@@ -154,7 +154,6 @@ class Gossiper(Generic[E_co]):
         self.mux = Mux([engine]) if mux is None else mux
         if engine not in self.mux.engines:
             raise LocalProtocolError("the publishing engine must be one of the mux's engines")
-        # Per datagram: the only engine's own methods when the node has one (no mux call).
         #: What the pump asks for timers and datagrams: the only engine when the node has one
         #: (the mux adds nothing then), else the mux. Methods are looked up at each call: a
         #: bound method kept per node is one more object for the garbage collector to scan.
