@@ -75,6 +75,9 @@ class Mux:
         self._table = table
         # One engine (every node today): its own methods, no loop over a tuple per call.
         self._single = engines[0] if len(engines) == 1 else None
+        #: The node's only engine, or ``None`` when there are several: a runtime may call its
+        #: ``get_timer`` and ``datagrams_to_send`` directly (the mux adds nothing to them).
+        self.single = self._single
         self._dropped: dict[str, int] = {}
         self._events: list[object] = []
 

@@ -30,10 +30,10 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final, Generic, Literal, TypeVar, overload
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar, cast, overload
 
 import attrs
 import trio
@@ -61,7 +61,8 @@ __all__ = [
 ]
 
 #: Datagrams the receive loop takes without waiting before it flushes (when the transport
-#: has ``receive_nowait``). The delivery queue may exceed its bound by this much.
+#: has ``receive_batch`` or ``receive_nowait``). The delivery queue may exceed its bound by
+#: this much.
 RECEIVE_BATCH: Final = 32
 
 #: While ``push`` waits for cache room (messages ageing out), it re-checks this often.
@@ -74,6 +75,18 @@ EngineFactory = Callable[[EngineContext], Engine[Any]]
 """Makes one more engine for a node from what the node shares (see :mod:`gossip.engine`)."""
 
 S = TypeVar("S")
+
+
+class _ReceivesBatches(Protocol):
+    """A transport that drains what is queued in one call (UDP)."""
+
+    def receive_batch(self, limit: int) -> Sequence[tuple[bytes, Address]]: ...
+
+
+class _SendsNowait(Protocol):
+    """A transport that sends without waiting while it can (UDP)."""
+
+    def send_many_nowait(self, data: bytes, addrs: Sequence[Address]) -> int: ...
 
 
 @attrs.frozen(slots=True)
@@ -143,15 +156,31 @@ class Gossiper(Generic[E_co]):
         self.mux = Mux([engine]) if mux is None else mux
         if engine not in self.mux.engines:
             raise LocalProtocolError("the publishing engine must be one of the mux's engines")
+        #: What the pump asks for timers and datagrams: the only engine when the node has one
+        #: (the mux adds nothing then), else the mux. Methods are looked up at each call: a
+        #: bound method kept per node is one more object for the garbage collector to scan.
+        self._direct: Engine[Any] | Mux = self.mux if self.mux.single is None else self.mux.single
         self._subscribers: dict[type, list[Callable[[Any], None]]] = {}
         self.transport = transport
+        # Optional in the protocol (UDP has it): send what needs no wait without a coroutine.
+        self._nowait_sender = (
+            cast("_SendsNowait", transport)
+            if callable(getattr(transport, "send_many_nowait", None))
+            else None
+        )
         self._clock_offset = clock_offset
         self._queue: deque[Message] = deque()
         self._capacity = delivery_queue
         self._wait = delivery == "wait"
-        self._readers = trio.lowlevel.ParkingLot()  # tasks in receive()
-        self._pushers = trio.lowlevel.ParkingLot()  # tasks in push() waiting for the window
-        self._flush_wanted = trio.lowlevel.ParkingLot()  # the flusher, between push_nowaits
+        # Tasks waiting in receive(), oldest first: a ParkingLot's park/unpark without its
+        # generator, list and checks (one wake-up per delivered message at every node).
+        self._readers: OrderedDict[trio.lowlevel.Task, None] = OrderedDict()
+        # Made when first needed (most nodes never pace a source nor use push_nowait).
+        self._pushers: trio.lowlevel.ParkingLot | None = None  # push() waiting for the window
+        self._pushers_waiting = 0  # len(self._pushers), without a Python call per datagram
+        self._flush_wanted: trio.lowlevel.ParkingLot | None = None  # the flusher's wake-up
+        #: Set by run_engine: where the first push_nowait starts the flusher.
+        self._nursery: trio.Nursery | None = None
         self._overflow = 0
         self._push_waits = 0
         self._closed = False
@@ -193,9 +222,16 @@ class Gossiper(Generic[E_co]):
             self._keyed()  # refuse before waiting
         if not engine.can_push(len(data), trio.current_time()):
             self._push_waits += 1
+            if self._pushers is None:
+                self._pushers = trio.lowlevel.ParkingLot()
+            pushers = self._pushers
             while not engine.can_push(len(data), trio.current_time()):
-                with trio.move_on_after(_ROOM_POLL):
-                    await self._pushers.park()
+                self._pushers_waiting += 1
+                try:
+                    with trio.move_on_after(_ROOM_POLL):
+                        await pushers.park()
+                finally:
+                    self._pushers_waiting -= 1
                 self._check_open()
         if key is None:
             key = engine.push(data, trio.current_time())
@@ -227,7 +263,13 @@ class Gossiper(Generic[E_co]):
         if not self.engine.can_push(len(data), now):
             raise trio.WouldBlock
         key = self.engine.push(data, now) if keyed is None else keyed.push(data, now, key=key)
-        self._flush_wanted.unpark()
+        if self._flush_wanted is not None:
+            self._flush_wanted.unpark()
+        else:
+            # The first push_nowait starts the flusher (it flushes first, then waits).
+            assert self._nursery is not None, "made by run_engine"
+            self._flush_wanted = trio.lowlevel.ParkingLot()
+            self._nursery.start_soon(self._flush_loop, self._flush_wanted)
         return key
 
     async def receive(self) -> Message:
@@ -238,13 +280,13 @@ class Gossiper(Generic[E_co]):
                 delivered before was read; ``async for message in node`` then ends.
         """
         if not self._queue:
-            # park() is the checkpoint: one more after it cost every node a second trip through
-            # the scheduler per delivered message (N = 128 on loopback: 2.04 application-task
-            # steps per node and message, against 1.05 without).
+            # The wait is the checkpoint: one more after it cost every node a second trip
+            # through the scheduler per delivered message (N = 128 on loopback: 2.04
+            # application-task steps per node and message, against 1.05 without).
             while not self._queue:
                 if self._closed:
                     raise trio.EndOfChannel
-                await self._readers.park()
+                await self._wait_for_delivery()
             self._unyielded = 1
         else:
             # The receive loop queues up to RECEIVE_BATCH messages per pass through trio's
@@ -259,6 +301,18 @@ class Gossiper(Generic[E_co]):
             self._unyielded = (self._unyielded + 1) % RECEIVE_BATCH
         return self._take()
 
+    async def _wait_for_delivery(self) -> None:
+        """Sleep until ``_deliver`` (or ``_close``) wakes this task; a cancellation leaves."""
+        task = trio.lowlevel.current_task()
+        readers = self._readers
+        readers[task] = None
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            del readers[task]
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
     def receive_nowait(self) -> Message:
         """The next delivered message if one is queued, else raise ``trio.WouldBlock``
         (``trio.EndOfChannel`` once the node is closed and drained)."""
@@ -270,10 +324,22 @@ class Gossiper(Generic[E_co]):
         return self
 
     async def __anext__(self) -> Message:
-        try:
-            return await self.receive()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
+        # receive() without its EndOfChannel: the commonest loop (``async for``) then costs
+        # one coroutine per message, not two.
+        queue = self._queue
+        if not queue:
+            while not queue:
+                if self._closed:
+                    raise StopAsyncIteration
+                await self._wait_for_delivery()
+            self._unyielded = 1
+        else:
+            if self._unyielded == 0:
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
+            self._unyielded = (self._unyielded + 1) % RECEIVE_BATCH
+        return self._take()
 
     def statistics(self: Gossiper[Publisher[S]]) -> GossiperStatistics[S]:
         """Counters of the engine, the transport and the delivery queue."""
@@ -318,8 +384,9 @@ class Gossiper(Generic[E_co]):
         if broken is not None and self._broken is None:
             self._broken = broken
         self._closed = True
-        self._readers.unpark_all()
-        self._pushers.unpark_all()
+        self._wake_readers(len(self._readers))
+        if self._pushers is not None:
+            self._pushers.unpark_all()
 
     def _take(self) -> Message:
         message = self._queue.popleft()
@@ -333,24 +400,51 @@ class Gossiper(Generic[E_co]):
         events: Sequence[object] | None = None,
     ) -> None:
         mux = self.mux
-        transport = self.transport
         if outgoing is None:
             outgoing = mux.datagrams_to_send()
         if events is None:
             events = mux.pop_events()
-        stream = self.stream
-        for out in outgoing:
-            via = transport
-            if stream is not None and (out.reliable or len(out.data) > self._datagram_limit):
-                # Peers listen for streams on their datagram port: the same address.
-                via = stream
-            if len(out.addrs) == 1:
-                await via.send(out.data, out.addrs[0])
-            else:
-                await via.send_many(out.data, out.addrs)
+        i, done = self._send_now(outgoing)
+        if i < len(outgoing):
+            await self._send_rest(outgoing, i, done)
         if events:
             self._deliver(events)
         self._update_deadline()
+
+    def _send_now(self, outgoing: Sequence[Outgoing]) -> tuple[int, int]:
+        """Send what goes out without waiting, without a coroutine (the transport's
+        ``send_many_nowait``): stops at a datagram for the stream transport, a full buffer or
+        a checkpoint due. Returns where it stopped: the index in ``outgoing`` and how many of
+        that datagram's addresses were done (``len(outgoing)``: everything was sent)."""
+        sender = self._nowait_sender
+        if sender is None:
+            return 0, 0
+        stream = self.stream
+        limit = self._datagram_limit
+        for i, out in enumerate(outgoing):
+            if stream is not None and (out.reliable or len(out.data) > limit):
+                return i, 0
+            done = sender.send_many_nowait(out.data, out.addrs)
+            if done < len(out.addrs):
+                return i, done
+        return len(outgoing), 0
+
+    async def _send_rest(self, outgoing: Sequence[Outgoing], start: int, done: int) -> None:
+        """Send ``outgoing[start:]`` (the first without its ``done`` first addresses) through
+        the transports' awaitable sends, which wait for room and checkpoint."""
+        transport = self.transport
+        stream = self.stream
+        for out in outgoing[start:]:
+            via = transport
+            addrs = out.addrs[done:]
+            done = 0
+            if stream is not None and (out.reliable or len(out.data) > self._datagram_limit):
+                # Peers listen for streams on their datagram port: the same address.
+                via = stream
+            if len(addrs) == 1:
+                await via.send(out.data, addrs[0])
+            else:
+                await via.send_many(out.data, addrs)
 
     def _deliver(self, events: Sequence[object]) -> None:
         queue = self._queue
@@ -369,28 +463,46 @@ class Gossiper(Generic[E_co]):
                     callback(event)
         if self._wait and len(queue) >= self._capacity:
             self.engine.accepting = False  # until the application takes some
-        if queue:
-            self._readers.unpark()
+        if queue and self._readers:
+            self._wake_readers(1)
+
+    def _wake_readers(self, count: int) -> None:
+        """Wake the ``count`` longest-waiting tasks in ``receive``."""
+        readers = self._readers
+        for _ in range(min(count, len(readers))):
+            task, _ = readers.popitem(last=False)
+            trio.lowlevel.reschedule(task)
 
     def _update_deadline(self) -> None:
-        deadline = self.mux.get_timer()
+        deadline = self._direct.get_timer()
         if deadline is None:
             deadline = math.inf
         if deadline != self._deadline:
             # Moving a cancel scope's deadline re-sorts trio's deadline heap: only on change.
             self._deadline = deadline
             self._timer_scope.deadline = deadline
-        if self._pushers:
+        if self._pushers_waiting and self._pushers is not None:
             self._pushers.unpark_all()  # they re-check the window themselves
 
     async def _receive_loop(self, transport: Transport | None = None) -> None:
         """Feed what ``transport`` (default: the datagram transport) receives to the mux."""
         if transport is None:
             transport = self.transport
-        nowait = getattr(transport, "receive_nowait", None)  # optional in the protocol
-        receive_nowait = nowait if callable(nowait) else None
+        # Optional in the protocol: receive_batch (UDP: a burst in one call, no exception when
+        # the queue runs dry), else receive_nowait (one call per datagram).
+        batcher = (
+            cast("_ReceivesBatches", transport)
+            if callable(getattr(transport, "receive_batch", None))
+            else None
+        )
+        nowait = getattr(transport, "receive_nowait", None)
+        receive_nowait = nowait if callable(nowait) and batcher is None else None
         receive = transport.receive
         engine = self.mux
+        # A node of one engine: datagrams of its types go straight to it (the mux's routing,
+        # without a call per datagram); anything else through the mux, which drops it.
+        direct = self._direct
+        owned = range(0) if engine.single is None else engine.single.packet_types
         current_time = trio.current_time
         while True:
             try:
@@ -402,30 +514,52 @@ class Gossiper(Generic[E_co]):
                 self._close(err)
                 return
             now = current_time()
-            engine.receive(data, addr, now)
-            if receive_nowait is not None:
-                # Take what is already queued before flushing once.
+            if len(data) > 1 and data[1] in owned:
+                direct.receive(data, addr, now)
+            else:
+                engine.receive(data, addr, now)
+            # Take what is already queued before flushing once.
+            if batcher is not None:
+                try:
+                    queued = batcher.receive_batch(RECEIVE_BATCH - 1)
+                except trio.ClosedResourceError:
+                    queued = []  # the next receive() says so
+                for data, addr in queued:
+                    if len(data) > 1 and data[1] in owned:
+                        direct.receive(data, addr, now)
+                    else:
+                        engine.receive(data, addr, now)
+            elif receive_nowait is not None:
                 for _ in range(RECEIVE_BATCH - 1):
                     try:
                         data, addr = receive_nowait()
                     except (trio.WouldBlock, trio.ClosedResourceError):
                         break
                     engine.receive(data, addr, now)
-            out = engine.datagrams_to_send()
+            out = direct.datagrams_to_send()
             events = engine.pop_events()
             if out or events:
+                # _flush, inline: no coroutine when everything goes out without waiting.
                 try:
-                    await self._flush(out, events)
+                    i, done = self._send_now(out)
+                    if i < len(out):
+                        await self._send_rest(out, i, done)
                 except trio.ClosedResourceError:
                     self._close()
                     return  # the transport was closed under us: stop quietly
                 except trio.BrokenResourceError as err:
                     self._close(err)
                     return
+                if events:
+                    self._deliver(events)
+                self._update_deadline()
             else:
                 # Duplicates or ACKs: nothing to send or deliver, maybe a timer to move.
                 # No coroutine for it (this is the commonest datagram).
                 self._update_deadline()
+            # Let go of this pass's lists before the next wait (an idle node waits for most of
+            # its life): freed now they die young, held they outlive a collection each.
+            queued = out = events = ()
 
     async def _timer_loop(self) -> None:
         engine = self.mux
@@ -445,10 +579,10 @@ class Gossiper(Generic[E_co]):
                 self._close(err)
                 return
 
-    async def _flush_loop(self) -> None:
-        """Send what ``push_nowait`` left in the engine (one flush for a run of them)."""
+    async def _flush_loop(self, wanted: trio.lowlevel.ParkingLot) -> None:
+        """Send what ``push_nowait`` left in the engine (one flush for a run of them).
+        Started by the first ``push_nowait``: it flushes at once, then waits for the next."""
         while True:
-            await self._flush_wanted.park()
             try:
                 await self._flush()
             except trio.ClosedResourceError:
@@ -457,6 +591,7 @@ class Gossiper(Generic[E_co]):
             except trio.BrokenResourceError as err:
                 self._close(err)
                 return
+            await wanted.park()
 
 
 @asynccontextmanager
@@ -509,7 +644,7 @@ async def run_engine(
             if stream is not None:
                 nursery.start_soon(gossiper._receive_loop, stream)
             nursery.start_soon(gossiper._timer_loop)
-            nursery.start_soon(gossiper._flush_loop)
+            gossiper._nursery = nursery  # the flusher starts with the first push_nowait
             try:
                 yield gossiper
             finally:
@@ -581,10 +716,12 @@ async def open_gossiper(
     )
     now = trio.current_time()
     engine.start(now)
-    context = EngineContext(
-        codec, transport.local_address, discovery, rng or random.Random(), now, key_rng=rng
-    )
-    others = [make(context) for make in engines]
+    others: Sequence[Engine[Any]] = ()
+    if engines:
+        context = EngineContext(
+            codec, transport.local_address, discovery, rng or random.Random(), now, key_rng=rng
+        )
+        others = [make(context) for make in engines]
     async with run_engine(
         engine,
         transport,

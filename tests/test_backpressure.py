@@ -16,7 +16,7 @@ from gossip.errors import LocalProtocolError
 from gossip.node import Gossiper, open_gossiper
 from gossip.transport.base import Address, Transport
 from gossip.transport.memory import LinkConditions, MemoryNetwork
-from gossip.wire import Codec, PullSync
+from gossip.wire import Codec, PullRequest, PullSync
 
 from .harness import EPOCH, KEY, Harness, addr
 
@@ -100,6 +100,29 @@ def test_full_cache_stops_the_source_and_counts_early_evictions_at_relays() -> N
     assert stats.delivered == 11
     assert stats.cache_entries == 10
     assert stats.cache_evicted_early == 1
+
+
+def test_a_full_cache_evicts_the_least_recently_used_message() -> None:
+    # Room for 3 messages of 100 bytes. A pull's read counts as a use: the message a peer
+    # just asked for stays, the one nobody asked for since it came goes first.
+    nbytes = 3 * (100 + CACHE_ENTRY_OVERHEAD)
+    peers = StaticDiscovery([addr(0), addr(1)])
+    relay = GossipEngine(peers, addr(1), GossipConfig(cache_bytes=nbytes))
+    codec = Codec()
+    keys = [_key(10.0 + i / 1000) for i in range(4)]
+    for key in keys[:3]:
+        relay.receive(codec.encode_message(1, key, bytes(100), 10.0), addr(0), 10.0)
+    relay.receive(codec.encode(PullRequest((keys[0],)), 10.0), addr(0), 10.0)
+    assert relay.statistics().cache_bytes == nbytes
+    relay.receive(codec.encode_message(1, keys[3], bytes(100), 10.0), addr(0), 10.0)
+    relay.datagrams_to_send()
+    stats = relay.statistics()
+    assert (stats.cache_entries, stats.cache_bytes, stats.cache_evicted_early) == (3, nbytes, 1)
+    served = []
+    for key in keys:
+        relay.receive(codec.encode(PullRequest((key,)), 10.0), addr(0), 10.0)
+        served.append(bool(relay.datagrams_to_send()))
+    assert served == [True, False, True, True]  # keys[1] went, not keys[0]
 
 
 def _key(now: float) -> bytes:
@@ -208,6 +231,27 @@ async def test_push_waits_for_the_window_and_push_nowait_refuses(
             if g is not origin:
                 assert sorted(g.receive_nowait().data for _ in range(3)) == [b"a", b"b", b"c"]
         nursery.cancel_scope.cancel()
+
+
+async def test_push_nowait_starts_the_flusher_then_wakes_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A node that never calls push_nowait runs no flusher task; the first call starts it
+    # (its datagrams leave after the caller's next checkpoint), later calls wake it.
+    net = MemoryNetwork()
+    ta, tb = net.open_transport(), net.open_transport()
+    disc = StaticDiscovery([ta.local_address, tb.local_address])
+    async with open_gossiper(disc, ta) as a, open_gossiper(disc, tb) as b:
+        assert a._flush_wanted is None
+        for n, data in enumerate((b"one", b"two", b"three"), 1):
+            sent = ta.statistics().datagrams_sent
+            a.push_nowait(data)
+            assert ta.statistics().datagrams_sent == sent  # not before a checkpoint
+            with trio.fail_after(1):
+                assert (await b.receive()).data == data
+            assert ta.statistics().datagrams_sent > sent
+            assert a.statistics().engine.pushed == n
+        assert a._flush_wanted is not None
 
 
 @pytest.mark.parametrize("loss", [0.0, 0.1])

@@ -529,3 +529,32 @@ async def test_udp_and_tcp_on_one_port_carry_an_engines_half_megabyte_packet() -
             assert pongs[0].seq == 4 + BulkPong.size
             assert ta.statistics().bytes_received > BulkPong.size
             assert ua.statistics().bytes_received < 1400 * 4
+
+
+async def test_a_node_of_one_engine_routes_past_the_mux_but_the_mux_still_drops() -> None:
+    # The receive loop hands a single engine its own types directly (and drains UDP with
+    # receive_batch); what it does not own still goes through the mux, which counts it.
+    with trio.fail_after(10):
+        async with (
+            open_udp_transport("127.0.0.1") as ta,
+            open_udp_transport("127.0.0.1") as tb,
+        ):
+            discovery = StaticDiscovery([ta.local_address, tb.local_address])
+            async with (
+                open_gossiper(discovery, ta, rng=random.Random(1)) as a,
+                open_gossiper(discovery, tb, rng=random.Random(2)) as b,
+            ):
+                assert a.mux.single is a.engine
+                dropped: list[PacketDropped] = []
+                b.subscribe(PacketDropped, dropped.append)
+                for junk in (b"\xa1\x21y", b"\xa1", b"\xa1\x05w"):
+                    await ta.send(junk, tb.local_address)
+                key = await a.push(b"hello")
+                message = await b.receive()
+                assert (message.key, message.data) == (key, b"hello")
+                while len(dropped) < 3:
+                    await trio.sleep(0.001)
+                assert b.mux.statistics().dropped == {"type": 1, "truncated": 1}
+                # 0x05 is the engine's (a PullResponse): too short, it drops it itself.
+                assert b.engine.statistics().dropped == {"truncated": 1}
+                assert sorted(e.reason for e in dropped) == ["truncated", "truncated", "type"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -15,10 +16,11 @@ from gossip.broadcast import EngineStatistics, GossipConfig, GossipEngine
 from gossip.crypto import Keyring, generate_key
 from gossip.discovery import StaticDiscovery
 from gossip.errors import LocalProtocolError
+from gossip.events import MessageDelivered, Outgoing
 from gossip.node import Delivery, Gossiper, GossiperStatistics, Message, open_gossiper
 from gossip.transport.base import Transport, TransportStatistics
 from gossip.transport.memory import LinkConditions, MemoryNetwork
-from gossip.transport.udp import open_udp_transport
+from gossip.transport.udp import CHECKPOINT_EVERY, open_udp_transport
 from gossip.wire import key_timestamp_ms
 
 
@@ -243,6 +245,89 @@ async def test_iteration_ends_when_the_block_exits(autojump_clock: trio.testing.
             await trio.sleep(1)
         with trio.fail_after(1):
             await ended.wait()
+
+
+async def test_waiting_readers_are_woken_in_turn_and_a_cancelled_one_leaves(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Several tasks may wait in receive() (and in async for): each delivery wakes the one
+    # that waited longest; a reader whose wait was cancelled is not woken for anything.
+    net = MemoryNetwork()
+    a, b = net.open_transport(), net.open_transport()
+    disc = StaticDiscovery([a.local_address, b.local_address])
+    got: list[tuple[str, bytes]] = []
+    async with (
+        open_gossiper(disc, a) as ga,
+        open_gossiper(disc, b) as gb,
+        trio.open_nursery() as nursery,
+    ):
+
+        async def by_receive(name: str) -> None:
+            got.append((name, (await gb.receive()).data))
+
+        async def by_iteration(name: str) -> None:
+            async for message in gb:
+                got.append((name, message.data))
+                return
+
+        gone = trio.CancelScope()
+
+        async def cancelled() -> None:
+            with gone:
+                await by_receive("first")
+
+        nursery.start_soon(cancelled)
+        await trio.sleep(0.1)
+        gone.cancel()
+        nursery.start_soon(by_receive, "second")
+        await trio.sleep(0.1)
+        nursery.start_soon(by_iteration, "third")
+        await trio.sleep(0.1)
+        await ga.push(b"one")
+        await trio.sleep(1)
+        assert got == [("second", b"one")]
+        await ga.push(b"two")
+        await trio.sleep(1)
+        assert got == [("second", b"one"), ("third", b"two")]
+    assert not gb._readers  # nobody left waiting
+
+
+async def test_a_flush_larger_than_a_checkpoint_batch_sends_everything_in_order() -> None:
+    # The flush sends what needs no wait without a coroutine and hands the rest (from where
+    # a checkpoint fell due, inside a fan-out too) to the awaitable sends.
+    with trio.fail_after(10):
+        async with (
+            await open_udp_transport("127.0.0.1") as ta,
+            await open_udp_transport("127.0.0.1", recv_buffer=1 << 20) as tb,
+            open_gossiper(StaticDiscovery([ta.local_address]), ta) as g,
+        ):
+            to_b = tb.local_address
+            out = [Outgoing(b"%d" % i, (to_b,)) for i in range(CHECKPOINT_EVERY - 2)]
+            out.append(Outgoing(b"fan", (to_b,) * 5))  # split by the checkpoint
+            out += [Outgoing(b"%d" % i, (to_b,)) for i in range(100, 200)]
+            await g._flush(out, [])
+            want = [o.data for o in out for _ in o.addrs]
+            got = [(await tb.receive())[0] for _ in want]
+            assert got == want
+            assert ta.statistics().datagrams_sent == len(want)
+
+
+async def test_an_idle_node_holds_nothing_of_its_last_pass() -> None:
+    # The receive loop lets go of a pass's datagrams, events and batch before it waits: an
+    # idle node (most of a node's life) keeps none of them alive through a collection.
+    with trio.fail_after(10):
+        async with (
+            await open_udp_transport("127.0.0.1") as ta,
+            await open_udp_transport("127.0.0.1") as tb,
+        ):
+            disc = StaticDiscovery([ta.local_address, tb.local_address])
+            async with open_gossiper(disc, ta) as a, open_gossiper(disc, tb) as b:
+                await a.push(b"x")
+                assert (await b.receive()).data == b"x"
+                await trio.sleep(0.05)  # b's ACK went out; both nodes wait
+                gc.collect()
+                alive = [o for o in gc.get_objects() if isinstance(o, Outgoing | MessageDelivered)]
+                assert alive == []
 
 
 class _Boom(Exception):

@@ -98,3 +98,30 @@ def test_a_key_from_the_far_future_in_a_digest_is_answered_with_nothing() -> Non
     b.receive(encode(PullSync((old, new, future)), 0.01), ADDRS[0], 0.01)
     assert b.datagrams_to_send() == []
     assert b.statistics().dropped == {}
+
+
+class _NoWalk(list[bytes]):
+    """An arrival order that fails the test if anything reads an entry of it."""
+
+    def __getitem__(self, i: object) -> bytes:  # type: ignore[override]
+        raise AssertionError("the arrival order was walked")
+
+
+def test_a_digest_newer_than_everything_cached_is_answered_without_a_walk() -> None:
+    # The commonest digest in an up-to-date cluster lists the newest message: nothing is
+    # newer. The engine knows its newest cached key, so it does not walk the arrival order.
+    b, old, new = _holder(GossipConfig(reverse_sync=True))
+    order = b._order
+    b._order = _NoWalk(order)
+    b.receive(encode(PullSync((new,)), 0.01), ADDRS[0], 0.01)
+    assert b.datagrams_to_send() == []
+    # An older digest still walks it and gets the newer key back, as before.
+    b._order = order
+    b.receive(encode(PullSync((old,)), 0.01), ADDRS[0], 0.01)
+    (out,) = b.datagrams_to_send()
+    assert decode_untrusted(out.data) == PullSync((new,))
+    # The newest key is an upper bound: after the newest message left the cache, a digest
+    # of the old one is answered with nothing (the walk finds it gone), never a stale key.
+    b._cache.pop(new)
+    b.receive(encode(PullSync((old,)), 0.02), ADDRS[0], 0.02)
+    assert b.datagrams_to_send() == []

@@ -681,6 +681,119 @@ async def test_udp_checkpoints_once_per_batch_not_per_datagram() -> None:
         assert 2 * count // 64 - 2 <= yields <= 2 * count // 64 + 10
 
 
+class _CountingSocket(socket.socket):
+    """A UDP socket that counts its recvfrom calls and the empty ones (BlockingIOError)."""
+
+    calls = 0
+    empty = 0
+
+    def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, tuple[str, int]]:
+        type(self).calls += 1
+        try:
+            return super().recvfrom(bufsize, flags)
+        except BlockingIOError:
+            type(self).empty += 1
+            raise
+
+
+async def test_udp_receive_after_a_drained_receive_nowait_waits_first() -> None:
+    # The runtime's loop: receive, then receive_nowait until WouldBlock, then receive again.
+    # That receive knows the queue was empty: it waits for readability instead of failing a
+    # recvfrom first (an exception per wake-up). It still gets what arrives, including a
+    # datagram that came between the drain and the wait.
+    sock = _CountingSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    with trio.fail_after(TIMEOUT):
+        async with await open_udp_transport("127.0.0.1") as a, UDPTransport(sock) as b:
+
+            async def later() -> None:
+                await trio.sleep(0.01)
+                await a.send(b"late", b.local_address)
+
+            for round_ in range(3):
+                with pytest.raises(trio.WouldBlock):
+                    b.receive_nowait()
+                before = _CountingSocket.calls, _CountingSocket.empty
+                if round_ == 1:
+                    # Already queued when receive starts: the wait returns at once.
+                    await a.send(b"early", b.local_address)
+                    await trio.sleep(0.01)
+                    assert await b.receive() == (b"early", a.local_address)
+                else:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(later)
+                        assert await b.receive() == (b"late", a.local_address)
+                # One recvfrom, which found the datagram: no failed one before the wait.
+                assert (_CountingSocket.calls, _CountingSocket.empty) == (
+                    before[0] + 1,
+                    before[1],
+                )
+            # Without a drain before it, receive tries the socket first, as before.
+            before = _CountingSocket.calls, _CountingSocket.empty
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(later)
+                assert await b.receive() == (b"late", a.local_address)
+            assert (_CountingSocket.calls, _CountingSocket.empty) == (
+                before[0] + 2,
+                before[1] + 1,
+            )
+
+
+async def test_udp_receive_batch_takes_what_is_queued_up_to_its_limit() -> None:
+    # The runtime's drain on UDP: one call per burst, and no exception when the queue runs
+    # dry (one failed recvfrom, caught where it happens).
+    sock = _CountingSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    with trio.fail_after(TIMEOUT):
+        async with await open_udp_transport("127.0.0.1") as a, UDPTransport(sock) as b:
+            assert b.receive_batch(8) == []
+            for i in range(5):
+                await a.send(b"%d" % i, b.local_address)
+            got: list[tuple[bytes, Address]] = []
+            while len(got) < 5:
+                got += b.receive_batch(3)
+                await trio.sleep(0.001)
+            assert got == [(b"%d" % i, a.local_address) for i in range(5)]
+            assert b.statistics().datagrams_received == 5
+            assert b.receive_batch(8) == []
+            # It found the queue empty: the next receive waits first (one recvfrom, not two).
+            before = _CountingSocket.calls, _CountingSocket.empty
+            async with trio.open_nursery() as nursery:
+
+                async def later() -> None:
+                    await trio.sleep(0.01)
+                    await a.send(b"late", b.local_address)
+
+                nursery.start_soon(later)
+                assert await b.receive() == (b"late", a.local_address)
+            assert (_CountingSocket.calls, _CountingSocket.empty) == (before[0] + 1, before[1])
+            await b.aclose()
+            with pytest.raises(trio.ClosedResourceError):
+                b.receive_batch(8)
+
+
+async def test_udp_send_many_nowait_sends_until_a_wait_or_a_checkpoint_is_due() -> None:
+    # The runtime's flush on UDP: what needs no wait goes out without a coroutine; where
+    # send_many would checkpoint (or wait for room), it stops and says how far it got.
+    with trio.fail_after(TIMEOUT):
+        async with (
+            await open_udp_transport("127.0.0.1") as a,
+            await open_udp_transport("127.0.0.1", recv_buffer=1 << 20) as b,
+        ):
+            to_b = [b.local_address] * 100
+            assert a.send_many_nowait(b"x", to_b[:3]) == 3
+            assert a.send_many_nowait(b"y", to_b) == CHECKPOINT_EVERY - 3
+            assert a.send_many_nowait(b"z", to_b) == 0  # a checkpoint is due
+            await a.send_many(b"z", to_b[:1])  # it checkpoints, then sends
+            assert a.send_many_nowait(b"z", to_b[:2]) == 2
+            assert a.statistics().datagrams_sent == CHECKPOINT_EVERY + 3
+            got = [(await b.receive())[0] for _ in range(CHECKPOINT_EVERY + 3)]
+            assert got == [b"x"] * 3 + [b"y"] * (CHECKPOINT_EVERY - 3) + [b"z"] * 3
+            await a.aclose()
+            with pytest.raises(trio.ClosedResourceError):
+                a.send_many_nowait(b"x", to_b[:1])
+
+
 async def test_open_udp_transport_validates_arguments() -> None:
     with pytest.raises(LocalProtocolError):
         await open_udp_transport("127.0.0.1", 70000)

@@ -127,6 +127,9 @@ class UDPTransport(AsyncClosing):
         # time wait for writability of a socket.
         self._write_wait_lock = trio.Lock()
         self._recv_streak = 0
+        # Set by a receive_nowait that found the queue empty: the next receive waits for
+        # readability first instead of asking the kernel again (a failed recvfrom raises).
+        self._drained = False
         self._send_streak = 0
         self._datagrams_sent = 0
         self._datagrams_received = 0
@@ -191,6 +194,15 @@ class UDPTransport(AsyncClosing):
             trio.ClosedResourceError: the transport is closed, before or during the wait.
         """
         sock = self._sock
+        if self._drained:
+            # A receive loop drained the queue with receive_nowait and comes back: the queue
+            # was empty a moment ago, so wait first (one failed recvfrom and its exception
+            # fewer per wake-up). If a datagram came meanwhile the wait returns at once.
+            self._drained = False
+            if self._closed:
+                raise trio.ClosedResourceError("the transport is closed")
+            self._recv_streak = 0
+            await trio.lowlevel.wait_readable(sock)
         while True:
             if self._recv_streak >= CHECKPOINT_EVERY:
                 # Before taking a datagram, so a cancellation here loses nothing.
@@ -232,7 +244,40 @@ class UDPTransport(AsyncClosing):
             try:
                 data, addr = self._sock.recvfrom(_MAX_DATAGRAM)
             except BlockingIOError:
+                self._drained = True
                 raise trio.WouldBlock from None
+            except OSError as exc:
+                if exc.errno not in _TRANSIENT_RECV_ERRNOS:
+                    raise
+                self._receive_errors += 1
+                continue
+            self._drained = False
+            self._datagrams_received += 1
+            self._bytes_received += len(data)
+            if self._ipv6:
+                addr = (addr[0], addr[1])
+            return data, addr
+
+    def receive_batch(self, limit: int) -> list[tuple[bytes, Address]]:
+        """Up to ``limit`` datagrams that are already queued, without waiting (``[]``: none):
+        what :meth:`receive_nowait` returns one call at a time, for a receive loop that
+        drains a burst in one call and without an exception at its end (``trio.WouldBlock``
+        raised and caught once per wake-up). An empty queue is noted as by
+        :meth:`receive_nowait`: the next :meth:`receive` waits first.
+
+        Raises:
+            trio.ClosedResourceError: the transport is closed.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("the transport is closed")
+        recvfrom = self._sock.recvfrom
+        got: list[tuple[bytes, Address]] = []
+        while len(got) < limit:
+            try:
+                data, addr = recvfrom(_MAX_DATAGRAM)
+            except BlockingIOError:
+                self._drained = True
+                break
             except OSError as exc:
                 if exc.errno not in _TRANSIENT_RECV_ERRNOS:
                     raise
@@ -240,9 +285,8 @@ class UDPTransport(AsyncClosing):
                 continue
             self._datagrams_received += 1
             self._bytes_received += len(data)
-            if self._ipv6:
-                addr = (addr[0], addr[1])
-            return data, addr
+            got.append((data, (addr[0], addr[1]) if self._ipv6 else addr))
+        return got
 
     async def send(self, data: bytes, addr: Address) -> None:
         """Send one datagram to ``addr`` (numeric host).
@@ -269,6 +313,38 @@ class UDPTransport(AsyncClosing):
             self._datagrams_sent += 1
             self._bytes_sent += len(data)
         self._send_streak += 1
+
+    def send_many_nowait(self, data: bytes, addrs: Sequence[Address]) -> int:
+        """Send ``data`` to ``addrs`` in order for as long as no wait is needed: stops at a
+        full send buffer, or where :meth:`send` would checkpoint (every
+        :data:`CHECKPOINT_EVERY` sends). Returns how many addresses it handled (sent, or
+        counted in ``send_errors`` as :meth:`send` counts them); the caller hands the rest to
+        :meth:`send_many`, which waits and checkpoints. A runtime flushing a few datagrams
+        per input then needs no coroutine per datagram.
+
+        Raises:
+            trio.ClosedResourceError: the transport is closed.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("send on a closed transport")
+        sendto = self._sock.sendto
+        size = len(data)
+        done = 0
+        for addr in addrs:
+            if self._send_streak >= CHECKPOINT_EVERY:
+                break
+            try:
+                sendto(data, addr)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._send_errors += 1
+            else:
+                self._datagrams_sent += 1
+                self._bytes_sent += size
+            self._send_streak += 1
+            done += 1
+        return done
 
     async def send_many(self, data: bytes, addrs: Sequence[Address]) -> None:
         """Send ``data`` to every address in ``addrs``: one ``sendto`` each, same rules as
