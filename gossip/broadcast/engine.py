@@ -46,6 +46,8 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence, Set
 from typing import Any, Final
 
+from cachetools import LRUCache
+
 from gossip.broadcast.config import CACHE_ENTRY_OVERHEAD, PULL_ATTEMPTS, GossipConfig
 from gossip.broadcast.ring import ring_neighbours
 from gossip.broadcast.statistics import EngineStatistics
@@ -157,13 +159,10 @@ class GossipEngine:
         self._echo_limit = config.echo_suppression
         self._ttl_ms = int(config.message_ttl * 1000)
         self._skew_ms = int(config.max_clock_skew * 1000)
-        # The cache: key -> payload, least recently used first (a pull's read moves its key to
-        # the end), bounded in bytes (payload + CACHE_ENTRY_OVERHEAD each, evicting the least
-        # recently used) and optionally in entries. One C dict: membership, length and
-        # insertion are no Python calls on the per-packet path, and an entry is one node.
-        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
-        self._cache_bytes = 0
-        self._cache_max = config.cache_bytes
+        # The cache bounds bytes natively (getsizeof); the entry bound is kept by hand below.
+        self._cache: LRUCache[bytes, bytes] = LRUCache(
+            maxsize=config.cache_bytes, getsizeof=lambda data: len(data) + CACHE_ENTRY_OVERHEAD
+        )
         # Seen keys: a set for lookups and a deque for their arrival order. No timestamps are
         # stored: each key carries its own (half the memory of an OrderedDict of key -> ms).
         self._seen: set[bytes] = set()
@@ -283,7 +282,7 @@ class GossipEngine:
             pulled=self._n_pulled,
             pull_retries=self._n_pull_retries,
             cache_entries=len(self._cache),
-            cache_bytes=self._cache_bytes,
+            cache_bytes=int(self._cache.currsize),
             seen_entries=len(self._seen),
             cache_expired=self._n_expired,
             cache_evicted_early=self._n_evicted_early,
@@ -320,10 +319,11 @@ class GossipEngine:
         if len(self._own) >= self._window:
             return False
         self._expire_cache(now)
+        cache = self._cache
         entries = self.config.cache_entries
-        if entries is not None and len(self._cache) >= entries:
+        if entries is not None and len(cache) >= entries:
             return False
-        return self._cache_bytes + size + CACHE_ENTRY_OVERHEAD <= self._cache_max
+        return cache.currsize + size + CACHE_ENTRY_OVERHEAD <= cache.maxsize
 
     # ---------------------------------------------------------------- inputs
 
@@ -590,7 +590,6 @@ class GossipEngine:
             data = self._cache.get(key)
             if data is None:
                 continue
-            self._cache.move_to_end(key)  # recently used: evicted last
             if budget is not None:
                 budget -= self.codec.datagram_size(len(key) + len(data))
                 if budget < 0:
@@ -676,9 +675,9 @@ class GossipEngine:
             math.ceil(len(cache) * cfg.sync_interval * cfg.sync_coverage / cfg.message_ttl),
         )
         start = self._recent_cursor if head <= self._recent_cursor < end else head
+        picked: list[bytes] = []
         # key_timestamp_ms(k) >= oldest, as a comparison of bytes (a key starts with its time).
         oldest_key = max(oldest, 0).to_bytes(6, "big")
-        picked: list[bytes] = []
         i = start
         for _ in range(end - head):
             k = order[i]
@@ -772,34 +771,27 @@ class GossipEngine:
             n += 1
 
     def _cache_put(self, key: bytes, data: bytes, now: float) -> None:
-        size = len(data) + CACHE_ENTRY_OVERHEAD
-        limit = self._cache_max
-        if size > limit:
+        cache = self._cache
+        if len(data) + CACHE_ENTRY_OVERHEAD > cache.maxsize:
             return  # larger than the whole cache: delivered, but not kept for pulls
         order = self._order
         head = self._order_head
         if head < len(order) and key_timestamp_ms(order[head]) < self._now_ms(now) - self._ttl_ms:
             self._expire_cache(now, limit=2)  # (checked here first: a call saved per put)
-        cache = self._cache
-        old = cache.pop(key, None)
-        if old is not None:
-            self._cache_bytes -= len(old) + CACHE_ENTRY_OVERHEAD
-            self._n_evicted_early += 1  # replaced (a key made twice): as LRUCache counted it
         entries = self.config.cache_entries
-        if (entries is not None and len(cache) >= entries) or self._cache_bytes + size > limit:
+        before = len(cache)
+        if entries is not None:
+            while len(cache) >= entries:
+                cache.popitem()
+        cache[key] = data  # LRUCache evicts by bytes here if it must
+        after = len(cache)
+        if after <= before:
             # Younger than the TTL (expired entries left above): a pull may still want them.
-            while cache and (
-                (entries is not None and len(cache) >= entries) or self._cache_bytes + size > limit
-            ):
-                _, evicted = cache.popitem(last=False)
-                self._cache_bytes -= len(evicted) + CACHE_ENTRY_OVERHEAD
-                self._n_evicted_early += 1
-        cache[key] = data
-        self._cache_bytes += size
+            self._n_evicted_early += before + 1 - after
         self._newest_cached = max(self._newest_cached, key)
         order = self._order  # (a compaction in _expire_cache makes a new list)
         order.append(key)
-        if len(order) - self._order_head > 2 * len(cache) + 1024:
+        if len(order) - self._order_head > 2 * after + 1024:
             self._compact_order()
 
     def _expire_cache(self, now: float, limit: int | None = None) -> None:
@@ -809,9 +801,7 @@ class GossipEngine:
         oldest = self._now_ms(now) - self._ttl_ms
         end = len(order) if limit is None else min(len(order), head + limit)
         while head < end and key_timestamp_ms(order[head]) < oldest:
-            data = cache.pop(order[head], None)
-            if data is not None:
-                self._cache_bytes -= len(data) + CACHE_ENTRY_OVERHEAD
+            if cache.pop(order[head], None) is not None:
                 self._n_expired += 1
             head += 1
         self._order_head = head
