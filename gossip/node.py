@@ -115,6 +115,7 @@ class GossiperStatistics(Generic[S]):
 
 
 E_co = TypeVar("E_co", bound=Publisher[Any], covariant=True)
+T = TypeVar("T")
 P = TypeVar("P", bound=Publisher[Any])
 
 
@@ -229,6 +230,20 @@ class Gossiper(Generic[E_co]):
         key = self.engine.push(data, now) if keyed is None else keyed.push(data, now, key=key)
         self._flush_wanted.unpark()
         return key
+
+    async def apply(self, fn: Callable[[float], T]) -> T:
+        """Call ``fn(now)`` on an engine of this node from the application (a membership
+        engine's ``join`` or ``leave``, say), then send what it queued and re-arm the node's
+        timer: the one way to act on an engine past the pump. Returns what ``fn`` returns.
+
+        Raises:
+            trio.ClosedResourceError: the node is closed (``fn`` was not called).
+            trio.BrokenResourceError: the node's transport failed.
+        """
+        self._check_open()
+        result = fn(trio.current_time())
+        await self._flush()
+        return result
 
     async def receive(self) -> Message:
         """Wait for the next delivered message.
