@@ -17,7 +17,7 @@ Commands::
                   [--fanout N] [--gossip-number N] [--stats-interval SECONDS]
         one native node and one go-gossip node relaying messages both ways
         (:mod:`gossip.cli.bridge`)
-    gossip demo [--nodes N] [--messages N] [--rate PER_S] [--size BYTES] [--seed N]
+    gossip demo [--nodes N] [--messages N] [--rate PER_S] [--size BYTES] [--seed N] [--static]
         a live loopback cluster and its numbers (:mod:`gossip.cli.demo`; ``make demo``)
 
 Bad arguments exit with status 2 and a message on stderr.
@@ -185,6 +185,7 @@ def _demo(args: argparse.Namespace) -> int:
             rate=args.rate,
             size=args.size,
             seed=args.seed,
+            static=args.static,
         )
     except LocalProtocolError as err:
         args.parser.error(str(err))
@@ -363,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", type=_positive_int, default=256, metavar="BYTES", help="payload; default 256"
     )
     p.add_argument("--seed", type=int, help="seed origins, peer choices and victims")
+    p.add_argument(
+        "--static",
+        action="store_true",
+        help="a fixed peer list instead of membership (dead nodes stay in it)",
+    )
     p.set_defaults(func=_demo, parser=p)
     add_sim_parser(sub)
     return parser
