@@ -74,6 +74,7 @@ __all__ = ["MemberConflict", "MemberEvent", "Membership", "MembershipStatistics"
 _LIVE: Final = (State.ALIVE, State.SUSPECT)
 _MAX_UPDATES: Final = 255
 _U32_MASK: Final = 0xFFFF_FFFF
+_NACK_FRACTION: Final = 0.8
 
 
 @attrs.frozen
@@ -475,7 +476,11 @@ class Membership(Discovery):
             self._drop("busy", prober)
             return
         seq = self._next_seq()
-        self._relays[seq] = _Relay(prober, req.seq, now + self.config.probe_timeout)
+        # The Nack must reach the prober before its probe ends (it asked at probe_timeout and
+        # gives up at probe_interval, twice that by default): a Nack at 0.8 x probe_timeout
+        # leaves room for the trip back.
+        deadline = now + _NACK_FRACTION * self.config.probe_timeout
+        self._relays[seq] = _Relay(prober, req.seq, deadline)
         self._relayed += 1
         self._send(Ping(seq, req.target, self.name), (req.address,), now, self._buddy(req.target))
 
@@ -561,9 +566,15 @@ class Membership(Discovery):
                 update.incarnation == local.incarnation and update.meta != local.meta
             ):
                 self._refute(update.incarnation)  # a previous life's news, or a forgery
-        elif not self._left and update.incarnation >= local.incarnation:
+        elif self._left:
+            return
+        elif update.incarnation >= local.incarnation:
             # Suspect, Dead or Leave of this (running) node: refute with a newer incarnation.
             self._refute(update.incarnation)
+        elif self.name not in self._queue:
+            # An accusation this node already refuted: its sender missed the refutation
+            # (lost, or gossiped out): say it again, same incarnation.
+            self._announce_self()
 
     def _refute(self, incarnation: int) -> None:
         local = self._table.local
@@ -681,6 +692,8 @@ class Membership(Discovery):
         budget = self._max_body - len(head) - 1 - sum(map(len, encoded))
         limit = self.config.retransmit_limit(self._table.live_count())
         taken = self._queue.take(budget, limit, _MAX_UPDATES - len(encoded))
+        if encoded:
+            taken = [u for u in taken if u not in encoded]  # the same news once per packet
         self._updates_sent += len(taken) * len(addrs)
         encoded += taken
         if not encoded and type(packet) is Gossip:
