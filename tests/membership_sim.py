@@ -166,14 +166,7 @@ class Cluster:
         now = self.now
         while self.flight and self.flight[0][0] <= now:
             _t, _o, src, dst, data = heapq.heappop(self.flight)
-            node = self._by_addr.get(dst)
-            if node is None or node.engine is None:
-                continue
-            if node.paused_until is not None:
-                node.backlog.append((src, data))
-                continue
-            node.engine.receive(data, src, now)
-            self._collect(node)
+            self._deliver(src, dst, data)
         for node in self.nodes:
             engine = node.engine
             if engine is None:
@@ -190,6 +183,43 @@ class Cluster:
             if due is not None and due <= now:
                 engine.handle_timer(now)
                 self._collect(node)
+
+    def _deliver(self, src: Address, dst: Address, data: bytes) -> None:
+        node = self._by_addr.get(dst)
+        if node is None or node.engine is None:
+            return
+        if node.paused_until is not None:
+            node.backlog.append((src, data))
+            return
+        node.engine.receive(data, src, self.now)
+        self._collect(node)
+
+    # -- a hand on the wire (the state machine's rules) -----------------------------------
+
+    def take(self, k: int) -> tuple[float, Address, Address, bytes]:
+        """Remove the ``k``-th datagram in flight (modulo their number)."""
+        self.flight.sort()
+        due, _o, src, dst, data = self.flight.pop(k % len(self.flight))
+        heapq.heapify(self.flight)
+        return due, src, dst, data
+
+    def deliver_early(self, k: int) -> tuple[Address, Address]:
+        _due, src, dst, data = self.take(k)
+        self._deliver(src, dst, data)
+        return src, dst
+
+    def drop(self, k: int) -> tuple[Address, Address]:
+        _due, src, dst, _data = self.take(k)
+        return src, dst
+
+    def delay(self, k: int, extra: float) -> tuple[Address, Address]:
+        due, src, dst, data = self.take(k)
+        self._order += 1
+        heapq.heappush(self.flight, (max(due, self.now) + extra, self._order, src, dst, data))
+        return src, dst
+
+    def index_of(self, address: Address) -> int:
+        return self._by_addr[address].index
 
     def deliver_all_now(self) -> None:
         """Deliver every datagram in flight at once (a test's hand-driven step)."""

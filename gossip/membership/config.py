@@ -48,6 +48,10 @@ class MembershipConfig:
         gossip_nodes: members each gossip round goes to.
         retransmit_mult: each update is piggybacked ``mult * ceil(log10(n + 1))`` times.
         push_pull_interval: full-state exchange with one member; stretched above 32 members.
+        reconnect_interval: how often a push-pull goes to one member held dead or one seed
+            that is not a live member (to all seeds when this node knows no live member), so
+            that a healed partition or a lost join still converges. Nothing is sent while
+            every seed is a live member and nobody is dead.
         reap_time: dead and left members are kept this long (answering late news) then
             forgotten.
         gossip_to_the_dead: dead members stay gossip targets this long, so a paused node
@@ -70,6 +74,7 @@ class MembershipConfig:
     gossip_nodes: int = attrs.field(default=3, validator=_count)
     retransmit_mult: int = attrs.field(default=4, validator=_positive)
     push_pull_interval: float = attrs.field(default=30.0, validator=_positive)
+    reconnect_interval: float = attrs.field(default=30.0, validator=_positive)
     reap_time: float = attrs.field(default=30.0, validator=_positive)
     gossip_to_the_dead: float = attrs.field(default=30.0, validator=_positive)
     local_health: bool = True

@@ -244,6 +244,8 @@ class Membership(Discovery):
         self._next_probe = now + self.rng.uniform(0, config.probe_interval)
         self._next_gossip = now + config.gossip_interval
         self._next_push_pull = now + self.rng.uniform(0.5, 1.0) * config.push_pull_interval
+        self._next_reconnect = now + self.rng.uniform(0.5, 1.0) * config.reconnect_interval
+        self._seeds: dict[Address, None] = {}
         self._left = False
         self._out: list[Outgoing] = []
         self._events: list[object] = [MemberEvent("joined", local.info())]
@@ -313,7 +315,24 @@ class Membership(Discovery):
                 peers = self._table.live_addresses()
                 if peers:
                     self._push_pull(peers[self.rng.randrange(len(peers))], now, join=False)
+        if now >= self._next_reconnect:
+            self._next_reconnect = now + config.reconnect_interval
+            if not self._left:
+                self._reconnect(now)
         self._rearm()
+
+    def _reconnect(self, now: float) -> None:
+        """A push-pull to one member held dead or one seed that is not a live member (all
+        seeds if no member is live): partitions and lost joins heal (serf's reconnect)."""
+        live = self._table.live_addresses()
+        targets: Sequence[Address] = list(self._seeds)
+        if live:
+            live_set = set(live)
+            dead = [m.address for m in self._table if m.state == State.DEAD]
+            seeds = [s for s in self._seeds if s not in live_set]
+            targets = self._choose(1, dead + seeds)
+        for peer in targets:
+            self._push_pull(peer, now, join=True)
 
     def get_timer(self) -> float | None:
         return self._timer
@@ -395,6 +414,7 @@ class Membership(Discovery):
             except ValueError:
                 raise LocalProtocolError(f"a seed is a numeric (host, port): {host!r}") from None
             if peer != self.address:
+                self._seeds[peer] = None
                 self._push_pull(peer, now, join=True)
                 count += 1
         self._rearm()
@@ -752,7 +772,7 @@ class Membership(Discovery):
 
     def _rearm(self) -> None:
         """Recompute the earliest due time (after every input: get_timer is then free)."""
-        times = [self._next_push_pull]
+        times = [self._next_push_pull, self._next_reconnect]
         if not self._left:
             times.append(self._next_probe)
         if len(self._queue):
