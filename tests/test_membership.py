@@ -555,6 +555,28 @@ def test_bad_unauthenticated_and_replayed_datagrams_are_dropped_and_counted() ->
     assert len([ev for ev in e0.pop_events() if isinstance(ev, PacketDropped)]) == 7
 
 
+def test_the_largest_names_and_metadata_fit_the_smallest_datagram_allowed() -> None:
+    codec = Codec(Keyring(generate_key()), max_datagram=900)
+    long = "é" * 127  # 254 bytes
+    ctx = EngineContext(codec, ("fd00::1", 7946), StaticDiscovery(), random.Random(1), 0.0)
+    e = Membership(ctx, name=long, metadata=bytes(512), seeds=[("fd00::2", 7946)])
+    sender = Codec(codec.keyring)
+    big = Alive(0, "ü" * 127, ("fd00::3", 7946), bytes(512))
+    e.receive(sender.seal(*encode_packet(Gossip((big,))), 0.0), ("fd00::3", 7946), 0.0)
+    e.receive(
+        sender.seal(*encode_packet(Gossip((Suspect(0, big.name, "x" * 200),))), 0.1),
+        ("fd00::3", 7946),
+        0.1,
+    )
+    t = 0.0
+    while t < 20.0:  # probes of the suspect with the buddy suspicion: no room, still sent
+        due = e.get_timer()
+        assert due is not None
+        t = due
+        e.handle_timer(t)
+    assert all(len(o.data) <= 900 for o in e.datagrams_to_send())
+
+
 def test_tables_are_bounded() -> None:
     config = MembershipConfig(max_members=4, max_pending=2)
     h = Hand(1, config)
@@ -596,6 +618,9 @@ def test_constructor_checks() -> None:
         Membership(ctx, name="x" * 256)
     with pytest.raises(LocalProtocolError):
         Membership(ctx, name="x", metadata=bytes(513))
+    small = EngineContext(Codec(max_datagram=512), a(0), StaticDiscovery(), random.Random(1), 0)
+    with pytest.raises(LocalProtocolError, match="max_datagram"):
+        Membership(small, name="x")
     e = Membership(ctx, name="x", seeds=[a(0), a(1)])  # its own address is skipped
     assert [o.addrs for o in e.datagrams_to_send()] == [(a(1),)]
     assert [type(ev) for ev in e.pop_events()] == [MemberEvent]

@@ -75,6 +75,10 @@ _LIVE: Final = (State.ALIVE, State.SUSPECT)
 _MAX_UPDATES: Final = 255
 _U32_MASK: Final = 0xFFFF_FFFF
 _NACK_FRACTION: Final = 0.8
+#: The largest member entry (state, incarnation, a 255-byte name, an IPv6 address, 512 bytes
+#: of metadata) in a PushPull, with its header: every update and entry fits one packet.
+MIN_BODY: Final = 3 + 1 + 4 + 256 + 19 + 514
+_MAX_SEEDS: Final = 1024
 
 
 @attrs.frozen
@@ -235,6 +239,11 @@ class Membership(Discovery):
         self._suspicions: dict[str, Suspicion] = {}
         self._queue = BroadcastQueue(config.max_queue)
         self._max_body = self.codec.max_body()
+        if self._max_body < MIN_BODY:
+            raise LocalProtocolError(
+                f"membership needs {MIN_BODY}-byte bodies (the largest update or member "
+                f"entry); this codec's datagrams hold {self._max_body}: raise max_datagram"
+            )
         self._order: list[str] = []
         self._order_index = 0
         self._probe: _Probe | None = None
@@ -414,7 +423,8 @@ class Membership(Discovery):
             except ValueError:
                 raise LocalProtocolError(f"a seed is a numeric (host, port): {host!r}") from None
             if peer != self.address:
-                self._seeds[peer] = None
+                if len(self._seeds) < _MAX_SEEDS:
+                    self._seeds[peer] = None
                 self._push_pull(peer, now, join=True)
                 count += 1
         self._rearm()
@@ -710,6 +720,8 @@ class Membership(Discovery):
         ptype, head = encode_head(packet)
         encoded = [encode_update(u) for u in extra]
         budget = self._max_body - len(head) - 1 - sum(map(len, encoded))
+        while budget < 0:  # long names in a small datagram: the extras are a bonus
+            budget += len(encoded.pop())
         limit = self.config.retransmit_limit(self._table.live_count())
         taken = self._queue.take(budget, limit, _MAX_UPDATES - len(encoded))
         if encoded:
