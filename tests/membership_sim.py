@@ -70,6 +70,9 @@ class Cluster:
         #: A hook on every datagram sent: return False to drop it.
         self.filter: Callable[[Address, Address, bytes], bool] | None = None
         self.sent = 0
+        #: Addresses of starved nodes, and how late they read (Lifeguard's test case).
+        self.starved: set[Address] = set()
+        self.starved_delay = (0.5, 2.5)
         self.nodes = [SimNode(i, f"node-{i}", maddr(i), None) for i in range(n)]
         self._by_addr = {node.address: node for node in self.nodes}
         for node in self.nodes:
@@ -245,6 +248,8 @@ class Cluster:
         if self.loss and self.rng.random() < self.loss:
             return
         delay = self.latency + self.rng.uniform(0, self.jitter)
+        if dst in self.starved:  # an overloaded process: it reads each datagram late
+            delay += self.rng.uniform(*self.starved_delay)
         self._order += 1
         heapq.heappush(self.flight, (self.now + delay, self._order, src, dst, data))
 
