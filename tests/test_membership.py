@@ -197,7 +197,7 @@ def test_suspicion_timeout_values() -> None:
     assert suspicion_timeout(5, k, low, high) == 8.0
     assert suspicion_timeout(0, 0, low, high) == 8.0  # no confirmations expected: fixed
 
-    s = Suspicion(3, "accuser", k, low, high, start=100.0)
+    s = Suspicion("x", 3, "accuser", k, low, high, start=100.0)
     assert s.deadline == 148.0
     assert not s.confirm("accuser")  # the accuser is not a confirmation
     assert s.confirm("b")

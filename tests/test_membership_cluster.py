@@ -32,7 +32,7 @@ def false_failures(c: Cluster, victims: set[int]) -> list[tuple[int, str]]:
     ]
 
 
-@pytest.mark.parametrize("n", [4, 16, 48])
+@pytest.mark.parametrize("n", [4, 16, 64])
 def test_a_cluster_joining_one_seed_converges(n: int) -> None:
     c = Cluster(n, seed=n)
     assert c.run_until(5.0, c.converged)
@@ -158,17 +158,17 @@ def test_the_idle_cost_is_about_two_packets_per_node_per_second(
 
 
 def test_lifeguard_spares_starved_nodes_that_plain_swim_declares_dead() -> None:
-    """Two of 16 nodes read every datagram 0.5-2.5 s late (an overloaded process), 2 % loss:
-    plain SWIM declares live nodes dead, Lifeguard does not (over 10 seeds of 24 nodes for
-    120 s: runs with a false death 0 of 10 with Lifeguard, 7 of 10 without)."""
+    """Three of 16 nodes read every datagram 0.5-2.5 s late (overloaded processes), 2 %
+    loss, 60 s: over seeds 0-9, runs with a false death: Lifeguard 0 of 10, plain SWIM 5 of
+    10 (the simulation is deterministic: three of those seeds are replayed here)."""
 
     def false_deaths(config: MembershipConfig, seed: int) -> int:
         c = Cluster(16, seed=seed, config=config, loss=0.02)
         c.run_for(10.0)
-        c.starved = {c.nodes[3].address, c.nodes[11].address}
+        c.starved = {c.nodes[i].address for i in (3, 8, 11)}
         c.run_for(60.0)
         return len(false_failures(c, set()))
 
-    seeds = range(1, 4)
+    seeds = (0, 2, 3)
     assert [false_deaths(MembershipConfig(), s) for s in seeds] == [0, 0, 0]
     assert sum(false_deaths(MembershipConfig.plain_swim(), s) for s in seeds) > 0

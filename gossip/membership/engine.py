@@ -23,6 +23,7 @@ engine never does I/O, never reads a clock, draws every random choice from
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Final
@@ -237,6 +238,10 @@ class Membership(Discovery):
         self._table = MemberTable(local, config.max_members)
         self._awareness = Awareness(config.awareness_max, enabled=config.local_health)
         self._suspicions: dict[str, Suspicion] = {}
+        # Deadlines only move earlier (confirmations): a heap with stale entries skipped
+        # (at most k + 1 per suspicion) keeps the timer and the expiry check O(log n).
+        self._deadlines: list[tuple[float, int, Suspicion]] = []
+        self._pushed = 0  # the heap's tie-breaker: Suspicions do not compare
         self._queue = BroadcastQueue(config.max_queue)
         self._max_body = self.codec.max_body()
         if self._max_body < MIN_BODY:
@@ -255,6 +260,7 @@ class Membership(Discovery):
         self._next_push_pull = now + self.rng.uniform(0.5, 1.0) * config.push_pull_interval
         self._next_reconnect = now + self.rng.uniform(0.5, 1.0) * config.reconnect_interval
         self._seeds: dict[Address, None] = {}
+        self._followup: float | None = None
         self._left = False
         self._out: list[Outgoing] = []
         self._events: list[object] = [MemberEvent("joined", local.info())]
@@ -293,8 +299,12 @@ class Membership(Discovery):
         """Run whatever is due: relays' nacks, the probe's phases, suspicion expiries, the
         next probe, gossip, push-pull, reaping."""
         config = self.config
-        for seq in [s for s, r in self._relays.items() if r.deadline <= now]:
-            relay = self._relays.pop(seq)
+        relays = self._relays
+        while relays:  # one timeout for all: insertion order is deadline order
+            seq, relay = next(iter(relays.items()))
+            if relay.deadline > now:
+                break
+            del relays[seq]
             self._nacks_sent += 1
             self._send(Nack(relay.seq), (relay.prober,), now)
         probe = self._probe
@@ -304,8 +314,10 @@ class Membership(Discovery):
             if now >= probe.end:
                 self._probe = None
                 self._probe_failed(probe, now)
-        for name in [n for n, s in self._suspicions.items() if s.deadline <= now]:
-            s = self._suspicions.pop(name)
+        while (s := self._earliest_suspicion()) is not None and s.deadline <= now:
+            heapq.heappop(self._deadlines)
+            name = s.name
+            del self._suspicions[name]
             m = self._table.get(name)
             if m is not None and m.state == State.SUSPECT and m.incarnation == s.incarnation:
                 self._failures += 1
@@ -324,6 +336,11 @@ class Membership(Discovery):
                 peers = self._table.live_addresses()
                 if peers:
                     self._push_pull(peers[self.rng.randrange(len(peers))], now, join=False)
+        if self._followup is not None and now >= self._followup:
+            self._followup = None
+            seeds = [s for s in self._seeds if s in set(self._table.live_addresses())]
+            if seeds and not self._left:
+                self._push_pull(seeds[self.rng.randrange(len(seeds))], now, join=True)
         if now >= self._next_reconnect:
             self._next_reconnect = now + config.reconnect_interval
             if not self._left:
@@ -427,6 +444,12 @@ class Membership(Discovery):
                     self._seeds[peer] = None
                 self._push_pull(peer, now, join=True)
                 count += 1
+        if count and self.config.join_followup:
+            # Nodes that join the seed after this one learn of each other only by gossip,
+            # and gossip can miss a few: one more exchange with a seed, which by then has
+            # heard from every joiner, closes the gap (64 nodes started at once agree in
+            # about a second instead of at the next push-pull).
+            self._followup = now + self.config.join_followup
         self._rearm()
         return count
 
@@ -559,9 +582,11 @@ class Membership(Discovery):
             if result == CONFIRM and s is not None and s.incarnation == update.incarnation:
                 if not s.confirm(update.accuser):
                     return  # nothing new: do not gossip it again
+                self._push_deadline(s)
                 result = ""
             else:
-                self._suspicions[name] = self._new_suspicion(update, now)
+                s = self._suspicions[name] = self._new_suspicion(update, now)
+                self._push_deadline(s)
                 if result == CONFIRM:
                     result = ""
         else:
@@ -585,7 +610,7 @@ class Membership(Discovery):
         k = config.suspicion_mult - 2
         if not config.dynamic_suspicion or n - 2 < k:
             k = 0  # too few members to expect confirmations: the fixed timeout
-        return Suspicion(update.incarnation, update.accuser, k, low, high, now)
+        return Suspicion(update.name, update.incarnation, update.accuser, k, low, high, now)
 
     def _about_me(self, update: Update) -> None:
         local = self._table.local
@@ -785,6 +810,8 @@ class Membership(Discovery):
     def _rearm(self) -> None:
         """Recompute the earliest due time (after every input: get_timer is then free)."""
         times = [self._next_push_pull, self._next_reconnect]
+        if self._followup is not None:
+            times.append(self._followup)
         if not self._left:
             times.append(self._next_probe)
         if len(self._queue):
@@ -793,10 +820,26 @@ class Membership(Discovery):
         if probe is not None:
             times.append(probe.end if probe.indirect else probe.direct_deadline)
         if self._relays:
-            times.append(min(r.deadline for r in self._relays.values()))
-        if self._suspicions:
-            times.append(min(s.deadline for s in self._suspicions.values()))
+            times.append(next(iter(self._relays.values())).deadline)
+        s = self._earliest_suspicion()
+        if s is not None:
+            times.append(s.deadline)
         self._timer = min(times)
+
+    def _push_deadline(self, s: Suspicion) -> None:
+        self._pushed += 1
+        heapq.heappush(self._deadlines, (s.deadline, self._pushed, s))
+
+    def _earliest_suspicion(self) -> Suspicion | None:
+        """The live suspicion due first; drops stale heap entries (a refuted or replaced
+        suspicion, or an older deadline of one that was confirmed since)."""
+        heap = self._deadlines
+        while heap:
+            deadline, _n, s = heap[0]
+            if self._suspicions.get(s.name) is s and s.deadline == deadline:
+                return s
+            heapq.heappop(heap)
+        return None
 
 
 def _check_meta(metadata: bytes) -> None:
