@@ -327,8 +327,10 @@ def test_suspect_is_declared_failed_after_the_timeout() -> None:
     assert h.e(0).statistics().failures == 1
 
 
-def inject(engine: Membership, *updates: Update, src: Address = ("10.9.9.9", 1)) -> None:
-    engine.receive(Codec().seal(*encode_packet(Gossip(updates)), 0.0), src, 0.0)
+def inject(
+    engine: Membership, *updates: Update, src: Address = ("10.9.9.9", 1), now: float = 0.0
+) -> None:
+    engine.receive(Codec().seal(*encode_packet(Gossip(updates)), now), src, now)
 
 
 def test_confirmations_shorten_the_suspicion() -> None:
@@ -629,3 +631,18 @@ def test_constructor_checks() -> None:
     assert encode_update(Alive(1, "x", ("::1", 5), b"m")) == encode_update(
         Alive(1, "x", ("0:0::1", 5), b"m")
     )
+
+
+def test_a_suspicion_timer_that_ran_late_waits_one_more_interval() -> None:
+    h = Hand(6)
+    e0 = h.e(0)
+    inject(e0, Suspect(0, "n5", "n1"))
+    assert e0._suspicions["n5"].deadline == pytest.approx(24.0)
+    e0.handle_timer(40.0)  # this node was stopped for 16 s past the verdict
+    assert e0.member("n5") is not None and e0.member("n5").state == State.SUSPECT  # type: ignore[union-attr]
+    inject(e0, Alive(1, "n5", a(5)))  # the refutation it had not read yet
+    e0.handle_timer(40.5)
+    assert e0.statistics().failures == 0
+    inject(e0, Suspect(1, "n5", "n1"), now=40.5)
+    e0.handle_timer(64.5)  # on time: no grace
+    assert e0.statistics().failures == 1

@@ -316,6 +316,13 @@ class Membership(Discovery):
                 self._probe_failed(probe, now)
         while (s := self._earliest_suspicion()) is not None and s.deadline <= now:
             heapq.heappop(self._deadlines)
+            if now - s.deadline > config.probe_interval and not s.extended:
+                # This node's timer ran late (paused, starved): a refutation may be waiting
+                # unread in its socket. One more interval before a verdict.
+                s.extended = True
+                s.deadline = now + config.probe_interval
+                self._push_deadline(s)
+                continue
             name = s.name
             del self._suspicions[name]
             m = self._table.get(name)

@@ -46,7 +46,17 @@ class Suspicion:
         start: when this node learned of the suspicion.
     """
 
-    __slots__ = ("_confirmed", "deadline", "high", "incarnation", "k", "low", "name", "start")
+    __slots__ = (
+        "_confirmed",
+        "deadline",
+        "extended",
+        "high",
+        "incarnation",
+        "k",
+        "low",
+        "name",
+        "start",
+    )
 
     def __init__(  # noqa: PLR0917
         self,
@@ -66,6 +76,8 @@ class Suspicion:
         self.start = start
         self._confirmed = {accuser}
         self.deadline = start + self.high
+        #: The engine granted one more interval because its own timer ran late.
+        self.extended = False
 
     @property
     def confirmations(self) -> int:
