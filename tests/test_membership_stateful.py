@@ -2,9 +2,9 @@
 
 Rules deliver a datagram early (reordering), drop one, delay one, crash, restart and pause a
 node, and advance time. Invariants: incarnations only grow (as every node sees every
-member); a running node the network has treated fairly for a while is never declared dead
-by a majority; and, once the network heals, every running node holds the same live set,
-exactly the running nodes.
+member); the cached live set and counts match the table; a running node the network has
+treated fairly for a while is never declared dead by a majority; and, once the network
+heals, every running node holds the same live set, exactly the running nodes.
 """
 
 from __future__ import annotations
@@ -103,6 +103,20 @@ class MembershipMachine(RuleBasedStateMachine):
                 assert old is None or m.incarnation >= old, (key, old, m)
                 seen[key] = m.incarnation
         self.seen = seen  # a reaped member may come back anew
+
+    @invariant()
+    def the_cached_views_match_the_table(self) -> None:
+        for node in self.c.running():
+            engine = self.c.engine(node.index)
+            members = engine.members()
+            live = [m for m in members if m.state in (State.ALIVE, State.SUSPECT)]
+            assert engine._table.live_count() == len(live)
+            assert sorted(engine.gossipiers()) == sorted(
+                m.address for m in live if m.name != node.name
+            )
+            assert {m.name for m in members if m.state == State.DEAD} == set(
+                engine._table.dead_members
+            )
 
     @invariant()
     def a_fair_node_is_not_dead_to_a_majority(self) -> None:

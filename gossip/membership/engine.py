@@ -361,7 +361,7 @@ class Membership(Discovery):
         targets: Sequence[Address] = list(self._seeds)
         if live:
             live_set = set(live)
-            dead = [m.address for m in self._table if m.state == State.DEAD]
+            dead = [m.address for m in self._table.dead_members.values()]
             seeds = [s for s in self._seeds if s not in live_set]
             targets = self._choose(1, dead + seeds)
         for peer in targets:
@@ -483,8 +483,7 @@ class Membership(Discovery):
             return
         self._left = True
         local = self._table.local
-        local.state, local.since = State.LEFT, now
-        self._table.changed()
+        self._table.leave_local(now)
         self._probe = None
         update = Leave(local.incarnation, self.name)
         self._queue.push(self.name, encode_update(update))
@@ -707,8 +706,9 @@ class Membership(Discovery):
         target = self._table.get(probe.target)
         if probe.acked or target is None or target.state not in _LIVE:
             return
-        helpers = [a for a in self._table.live_addresses() if a != target.address]
-        chosen = self._choose(self.config.indirect_checks, helpers)
+        live = self._table.live_addresses()
+        k = self.config.indirect_checks
+        chosen = tuple(a for a in self._choose(k + 1, live) if a != target.address)[:k]
         self._indirect += len(chosen)
         if self.config.local_health:
             probe.expected_nacks = len(chosen)
@@ -770,13 +770,12 @@ class Membership(Discovery):
     def _gossip(self, now: float) -> None:
         cutoff = now - self.config.gossip_to_the_dead
         # The recently dead too: a paused member hears of its death and refutes.
-        targets = [
-            m.address
-            for m in self._table
-            if m is not self._table.local
-            and (m.state in _LIVE or (m.state == State.DEAD and m.since >= cutoff))
-        ]
-        for peer in self._choose(self.config.gossip_nodes, targets):
+        dead = [m.address for m in self._table.dead_members.values() if m.since >= cutoff]
+        live = self._table.live_addresses()
+        n = len(live) + len(dead)
+        picks = self.rng.sample(range(n), min(n, self.config.gossip_nodes))
+        for i in picks:
+            peer = live[i] if i < len(live) else dead[i - len(live)]
             if not self._send(Gossip(), (peer,), now):
                 break
 
