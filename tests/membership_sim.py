@@ -29,7 +29,7 @@ EPOCH = 1_800_000_000.0
 
 
 def maddr(i: int) -> Address:
-    return (f"10.1.0.{i + 1}", 7946)
+    return (f"10.1.{(i + 1) // 250}.{(i + 1) % 250 + 1}", 7946)
 
 
 @attrs.define

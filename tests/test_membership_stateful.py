@@ -114,9 +114,11 @@ class MembershipMachine(RuleBasedStateMachine):
             assert sorted(engine.gossipiers()) == sorted(
                 m.address for m in live if m.name != node.name
             )
-            assert {m.name for m in members if m.state == State.DEAD} == set(
-                engine._table.dead_members
-            )
+            down = engine._table.down
+            assert {m.name for m in members if m.state in (State.DEAD, State.LEFT)} - {
+                node.name
+            } == set(down)
+            assert [m.since for m in down.values()] == sorted(m.since for m in down.values())
 
     @invariant()
     def a_fair_node_is_not_dead_to_a_majority(self) -> None:

@@ -361,7 +361,7 @@ class Membership(Discovery):
         targets: Sequence[Address] = list(self._seeds)
         if live:
             live_set = set(live)
-            dead = [m.address for m in self._table.dead_members.values()]
+            dead = [m.address for m in self._table.down.values() if m.state == State.DEAD]
             seeds = [s for s in self._seeds if s not in live_set]
             targets = self._choose(1, dead + seeds)
         for peer in targets:
@@ -770,7 +770,11 @@ class Membership(Discovery):
     def _gossip(self, now: float) -> None:
         cutoff = now - self.config.gossip_to_the_dead
         # The recently dead too: a paused member hears of its death and refutes.
-        dead = [m.address for m in self._table.dead_members.values() if m.since >= cutoff]
+        dead = [
+            m.address
+            for m in self._table.down.values()
+            if m.state == State.DEAD and m.since >= cutoff
+        ]
         live = self._table.live_addresses()
         n = len(live) + len(dead)
         picks = self.rng.sample(range(n), min(n, self.config.gossip_nodes))

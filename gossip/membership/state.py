@@ -88,8 +88,9 @@ class MemberTable:
         self._by_addr: dict[Address, str] = {local.address: local.name}
         self._live: tuple[Address, ...] | None = None
         self._live_count = 1  # kept up to date by every change: n is asked per packet
-        #: Dead (not left) members, for gossip to the dead and reconnects without a scan.
-        self.dead_members: dict[str, Member] = {}
+        #: Dead and departed members (not this node), in the order they went down: gossip
+        #: to the dead, reconnects and reaping read it instead of the whole table.
+        self.down: dict[str, Member] = {}
 
     def __len__(self) -> int:
         return len(self._by_name)
@@ -165,7 +166,7 @@ class MemberTable:
         if old == State.SUSPECT:
             return "alive"
         self._live_count += 1
-        self.dead_members.pop(name, None)
+        self.down.pop(name, None)
         return "joined"
 
     def suspect(self, name: str, incarnation: int, now: float) -> str | None:
@@ -191,22 +192,20 @@ class MemberTable:
         m.state = State.LEFT if left else State.DEAD
         m.incarnation, m.since = incarnation, now
         self._live = None
-        if left:
-            self.dead_members.pop(name, None)
-            return "left"
-        self.dead_members[name] = m
-        return "failed"
+        self.down.pop(name, None)  # re-inserted: the dict stays in order of going down
+        self.down[name] = m
+        return "left" if left else "failed"
 
     def reap(self, before: float) -> list[Member]:
         """Forget the dead and departed members whose state changed before ``before``."""
-        gone = [
-            m
-            for m in self._by_name.values()
-            if m.state not in _LIVE and m.since < before and m is not self.local
-        ]
+        gone: list[Member] = []
+        for m in self.down.values():  # oldest first
+            if m.since >= before:
+                break
+            gone.append(m)
         for m in gone:
             del self._by_name[m.name]
-            self.dead_members.pop(m.name, None)
+            del self.down[m.name]
             if self._by_addr.get(m.address) == m.name:
                 del self._by_addr[m.address]
         return gone
