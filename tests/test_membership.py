@@ -34,7 +34,9 @@ from gossip.membership.wire import (
     Alive,
     Dead,
     Gossip,
+    Leave,
     MembershipPacket,
+    MemberState,
     Nack,
     Ping,
     PingReq,
@@ -646,3 +648,35 @@ def test_a_suspicion_timer_that_ran_late_waits_one_more_interval() -> None:
     inject(e0, Suspect(1, "n5", "n1"), now=40.5)
     e0.handle_timer(64.5)  # on time: no grace
     assert e0.statistics().failures == 1
+
+
+def test_push_pull_entries_merge_as_news_not_verdicts() -> None:
+    h = Hand(3)
+    e0 = h.e(0)
+    table = PushPull(
+        join=False,
+        reply=True,
+        members=(
+            MemberState(State.DEAD, 0, "n1", a(1)),  # another node's verdict: a suspicion here
+            MemberState(State.SUSPECT, 0, "n2", a(2)),
+            MemberState(State.DEAD, 0, "ghost", a(7)),  # unknown and dead: ignored
+            MemberState(State.LEFT, 0, "gone", a(8)),  # unknown and left: ignored
+            MemberState(State.SUSPECT, 3, "new", a(9)),  # unknown suspect: joined, suspect
+        ),
+    )
+    replies = len(h.sent(PushPull, 0))
+    e0.receive(Codec().seal(*encode_packet(table), 0.0), a(1), 0.0)
+    h.collect(a(0))
+    states = {m.name: m.state for m in e0.members()}
+    assert states == {
+        "n0": State.ALIVE,
+        "n1": State.SUSPECT,
+        "n2": State.SUSPECT,
+        "new": State.SUSPECT,
+    }
+    assert h.changes(0, "new") == ["joined", "suspect"]
+    assert not any(isinstance(ev, MemberEvent) and ev.change == "failed" for ev in h.events[a(0)])
+    assert len(h.sent(PushPull, 0)) == replies  # it was a reply: none is sent back
+    inject(e0, Leave(0, "n1"))  # a Leave of a suspect: left
+    h.collect(a(0))
+    assert h.changes(0, "n1")[-1] == "left"
