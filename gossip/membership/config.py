@@ -27,6 +27,11 @@ def _positive(_instance: object, attribute: attrs.Attribute[Any], value: object)
         raise LocalProtocolError(f"{attribute.name} must be a positive number, got {value!r}")
 
 
+def _non_negative(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
+        raise LocalProtocolError(f"{attribute.name} must be a number >= 0, got {value!r}")
+
+
 def _count(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise LocalProtocolError(f"{attribute.name} must be an integer >= 0, got {value!r}")
@@ -48,6 +53,14 @@ class MembershipConfig:
         gossip_nodes: members each gossip round goes to.
         retransmit_mult: each update is piggybacked ``mult * ceil(log10(n + 1))`` times.
         push_pull_interval: full-state exchange with one member; stretched above 32 members.
+        join_followup: a second push-pull with one (live) seed this long after
+            :meth:`~gossip.membership.Membership.join` (0: none), so that members that
+            joined at the same time learn of each other without waiting for gossip to reach
+            them all or for the next periodic push-pull.
+        reconnect_interval: how often a push-pull goes to one member held dead or one seed
+            that is not a live member (to all seeds when this node knows no live member), so
+            that a healed partition or a lost join still converges. Nothing is sent while
+            every seed is a live member and nobody is dead.
         reap_time: dead and left members are kept this long (answering late news) then
             forgotten.
         gossip_to_the_dead: dead members stay gossip targets this long, so a paused node
@@ -70,6 +83,8 @@ class MembershipConfig:
     gossip_nodes: int = attrs.field(default=3, validator=_count)
     retransmit_mult: int = attrs.field(default=4, validator=_positive)
     push_pull_interval: float = attrs.field(default=30.0, validator=_positive)
+    join_followup: float = attrs.field(default=1.0, validator=_non_negative)
+    reconnect_interval: float = attrs.field(default=30.0, validator=_positive)
     reap_time: float = attrs.field(default=30.0, validator=_positive)
     gossip_to_the_dead: float = attrs.field(default=30.0, validator=_positive)
     local_health: bool = True

@@ -23,6 +23,7 @@ engine never does I/O, never reads a clock, draws every random choice from
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Final
@@ -74,6 +75,11 @@ __all__ = ["MemberConflict", "MemberEvent", "Membership", "MembershipStatistics"
 _LIVE: Final = (State.ALIVE, State.SUSPECT)
 _MAX_UPDATES: Final = 255
 _U32_MASK: Final = 0xFFFF_FFFF
+_NACK_FRACTION: Final = 0.8
+#: The largest member entry (state, incarnation, a 255-byte name, an IPv6 address, 512 bytes
+#: of metadata) in a PushPull, with its header: every update and entry fits one packet.
+MIN_BODY: Final = 3 + 1 + 4 + 256 + 19 + 514
+_MAX_SEEDS: Final = 1024
 
 
 @attrs.frozen
@@ -232,8 +238,17 @@ class Membership(Discovery):
         self._table = MemberTable(local, config.max_members)
         self._awareness = Awareness(config.awareness_max, enabled=config.local_health)
         self._suspicions: dict[str, Suspicion] = {}
+        # Deadlines only move earlier (confirmations): a heap with stale entries skipped
+        # (at most k + 1 per suspicion) keeps the timer and the expiry check O(log n).
+        self._deadlines: list[tuple[float, int, Suspicion]] = []
+        self._pushed = 0  # the heap's tie-breaker: Suspicions do not compare
         self._queue = BroadcastQueue(config.max_queue)
         self._max_body = self.codec.max_body()
+        if self._max_body < MIN_BODY:
+            raise LocalProtocolError(
+                f"membership needs {MIN_BODY}-byte bodies (the largest update or member "
+                f"entry); this codec's datagrams hold {self._max_body}: raise max_datagram"
+            )
         self._order: list[str] = []
         self._order_index = 0
         self._probe: _Probe | None = None
@@ -243,6 +258,9 @@ class Membership(Discovery):
         self._next_probe = now + self.rng.uniform(0, config.probe_interval)
         self._next_gossip = now + config.gossip_interval
         self._next_push_pull = now + self.rng.uniform(0.5, 1.0) * config.push_pull_interval
+        self._next_reconnect = now + self.rng.uniform(0.5, 1.0) * config.reconnect_interval
+        self._seeds: dict[Address, None] = {}
+        self._followup: float | None = None
         self._left = False
         self._out: list[Outgoing] = []
         self._events: list[object] = [MemberEvent("joined", local.info())]
@@ -281,8 +299,12 @@ class Membership(Discovery):
         """Run whatever is due: relays' nacks, the probe's phases, suspicion expiries, the
         next probe, gossip, push-pull, reaping."""
         config = self.config
-        for seq in [s for s, r in self._relays.items() if r.deadline <= now]:
-            relay = self._relays.pop(seq)
+        relays = self._relays
+        while relays:  # one timeout for all: insertion order is deadline order
+            seq, relay = next(iter(relays.items()))
+            if relay.deadline > now:
+                break
+            del relays[seq]
             self._nacks_sent += 1
             self._send(Nack(relay.seq), (relay.prober,), now)
         probe = self._probe
@@ -292,8 +314,17 @@ class Membership(Discovery):
             if now >= probe.end:
                 self._probe = None
                 self._probe_failed(probe, now)
-        for name in [n for n, s in self._suspicions.items() if s.deadline <= now]:
-            s = self._suspicions.pop(name)
+        while (s := self._earliest_suspicion()) is not None and s.deadline <= now:
+            heapq.heappop(self._deadlines)
+            if now - s.deadline > config.probe_interval and not s.extended:
+                # This node's timer ran late (paused, starved): a refutation may be waiting
+                # unread in its socket. One more interval before a verdict.
+                s.extended = True
+                s.deadline = now + config.probe_interval
+                self._push_deadline(s)
+                continue
+            name = s.name
+            del self._suspicions[name]
             m = self._table.get(name)
             if m is not None and m.state == State.SUSPECT and m.incarnation == s.incarnation:
                 self._failures += 1
@@ -312,7 +343,29 @@ class Membership(Discovery):
                 peers = self._table.live_addresses()
                 if peers:
                     self._push_pull(peers[self.rng.randrange(len(peers))], now, join=False)
+        if self._followup is not None and now >= self._followup:
+            self._followup = None
+            seeds = [s for s in self._seeds if s in set(self._table.live_addresses())]
+            if seeds and not self._left:
+                self._push_pull(seeds[self.rng.randrange(len(seeds))], now, join=True)
+        if now >= self._next_reconnect:
+            self._next_reconnect = now + config.reconnect_interval
+            if not self._left:
+                self._reconnect(now)
         self._rearm()
+
+    def _reconnect(self, now: float) -> None:
+        """A push-pull to one member held dead or one seed that is not a live member (all
+        seeds if no member is live): partitions and lost joins heal (serf's reconnect)."""
+        live = self._table.live_addresses()
+        targets: Sequence[Address] = list(self._seeds)
+        if live:
+            live_set = set(live)
+            dead = [m.address for m in self._table.down.values() if m.state == State.DEAD]
+            seeds = [s for s in self._seeds if s not in live_set]
+            targets = self._choose(1, dead + seeds)
+        for peer in targets:
+            self._push_pull(peer, now, join=True)
 
     def get_timer(self) -> float | None:
         return self._timer
@@ -394,8 +447,16 @@ class Membership(Discovery):
             except ValueError:
                 raise LocalProtocolError(f"a seed is a numeric (host, port): {host!r}") from None
             if peer != self.address:
+                if len(self._seeds) < _MAX_SEEDS:
+                    self._seeds[peer] = None
                 self._push_pull(peer, now, join=True)
                 count += 1
+        if count and self.config.join_followup:
+            # Nodes that join the seed after this one learn of each other only by gossip,
+            # and gossip can miss a few: one more exchange with a seed, which by then has
+            # heard from every joiner, closes the gap (64 nodes started at once agree in
+            # about a second instead of at the next push-pull).
+            self._followup = now + self.config.join_followup
         self._rearm()
         return count
 
@@ -422,8 +483,7 @@ class Membership(Discovery):
             return
         self._left = True
         local = self._table.local
-        local.state, local.since = State.LEFT, now
-        self._table.changed()
+        self._table.leave_local(now)
         self._probe = None
         update = Leave(local.incarnation, self.name)
         self._queue.push(self.name, encode_update(update))
@@ -475,7 +535,11 @@ class Membership(Discovery):
             self._drop("busy", prober)
             return
         seq = self._next_seq()
-        self._relays[seq] = _Relay(prober, req.seq, now + self.config.probe_timeout)
+        # The Nack must reach the prober before its probe ends (it asked at probe_timeout and
+        # gives up at probe_interval, twice that by default): a Nack at 0.8 x probe_timeout
+        # leaves room for the trip back.
+        deadline = now + _NACK_FRACTION * self.config.probe_timeout
+        self._relays[seq] = _Relay(prober, req.seq, deadline)
         self._relayed += 1
         self._send(Ping(seq, req.target, self.name), (req.address,), now, self._buddy(req.target))
 
@@ -524,9 +588,11 @@ class Membership(Discovery):
             if result == CONFIRM and s is not None and s.incarnation == update.incarnation:
                 if not s.confirm(update.accuser):
                     return  # nothing new: do not gossip it again
+                self._push_deadline(s)
                 result = ""
             else:
-                self._suspicions[name] = self._new_suspicion(update, now)
+                s = self._suspicions[name] = self._new_suspicion(update, now)
+                self._push_deadline(s)
                 if result == CONFIRM:
                     result = ""
         else:
@@ -550,7 +616,7 @@ class Membership(Discovery):
         k = config.suspicion_mult - 2
         if not config.dynamic_suspicion or n - 2 < k:
             k = 0  # too few members to expect confirmations: the fixed timeout
-        return Suspicion(update.incarnation, update.accuser, k, low, high, now)
+        return Suspicion(update.name, update.incarnation, update.accuser, k, low, high, now)
 
     def _about_me(self, update: Update) -> None:
         local = self._table.local
@@ -561,9 +627,15 @@ class Membership(Discovery):
                 update.incarnation == local.incarnation and update.meta != local.meta
             ):
                 self._refute(update.incarnation)  # a previous life's news, or a forgery
-        elif not self._left and update.incarnation >= local.incarnation:
+        elif self._left:
+            return
+        elif update.incarnation >= local.incarnation:
             # Suspect, Dead or Leave of this (running) node: refute with a newer incarnation.
             self._refute(update.incarnation)
+        elif self.name not in self._queue:
+            # An accusation this node already refuted: its sender missed the refutation
+            # (lost, or gossiped out): say it again, same incarnation.
+            self._announce_self()
 
     def _refute(self, incarnation: int) -> None:
         local = self._table.local
@@ -634,8 +706,9 @@ class Membership(Discovery):
         target = self._table.get(probe.target)
         if probe.acked or target is None or target.state not in _LIVE:
             return
-        helpers = [a for a in self._table.live_addresses() if a != target.address]
-        chosen = self._choose(self.config.indirect_checks, helpers)
+        live = self._table.live_addresses()
+        k = self.config.indirect_checks
+        chosen = tuple(a for a in self._choose(k + 1, live) if a != target.address)[:k]
         self._indirect += len(chosen)
         if self.config.local_health:
             probe.expected_nacks = len(chosen)
@@ -679,8 +752,12 @@ class Membership(Discovery):
         ptype, head = encode_head(packet)
         encoded = [encode_update(u) for u in extra]
         budget = self._max_body - len(head) - 1 - sum(map(len, encoded))
+        while budget < 0:  # long names in a small datagram: the extras are a bonus
+            budget += len(encoded.pop())
         limit = self.config.retransmit_limit(self._table.live_count())
         taken = self._queue.take(budget, limit, _MAX_UPDATES - len(encoded))
+        if encoded:
+            taken = [u for u in taken if u not in encoded]  # the same news once per packet
         self._updates_sent += len(taken) * len(addrs)
         encoded += taken
         if not encoded and type(packet) is Gossip:
@@ -693,13 +770,16 @@ class Membership(Discovery):
     def _gossip(self, now: float) -> None:
         cutoff = now - self.config.gossip_to_the_dead
         # The recently dead too: a paused member hears of its death and refutes.
-        targets = [
+        dead = [
             m.address
-            for m in self._table
-            if m is not self._table.local
-            and (m.state in _LIVE or (m.state == State.DEAD and m.since >= cutoff))
+            for m in self._table.down.values()
+            if m.state == State.DEAD and m.since >= cutoff
         ]
-        for peer in self._choose(self.config.gossip_nodes, targets):
+        live = self._table.live_addresses()
+        n = len(live) + len(dead)
+        picks = self.rng.sample(range(n), min(n, self.config.gossip_nodes))
+        for i in picks:
+            peer = live[i] if i < len(live) else dead[i - len(live)]
             if not self._send(Gossip(), (peer,), now):
                 break
 
@@ -739,7 +819,9 @@ class Membership(Discovery):
 
     def _rearm(self) -> None:
         """Recompute the earliest due time (after every input: get_timer is then free)."""
-        times = [self._next_push_pull]
+        times = [self._next_push_pull, self._next_reconnect]
+        if self._followup is not None:
+            times.append(self._followup)
         if not self._left:
             times.append(self._next_probe)
         if len(self._queue):
@@ -748,10 +830,26 @@ class Membership(Discovery):
         if probe is not None:
             times.append(probe.end if probe.indirect else probe.direct_deadline)
         if self._relays:
-            times.append(min(r.deadline for r in self._relays.values()))
-        if self._suspicions:
-            times.append(min(s.deadline for s in self._suspicions.values()))
+            times.append(next(iter(self._relays.values())).deadline)
+        s = self._earliest_suspicion()
+        if s is not None:
+            times.append(s.deadline)
         self._timer = min(times)
+
+    def _push_deadline(self, s: Suspicion) -> None:
+        self._pushed += 1
+        heapq.heappush(self._deadlines, (s.deadline, self._pushed, s))
+
+    def _earliest_suspicion(self) -> Suspicion | None:
+        """The live suspicion due first; drops stale heap entries (a refuted or replaced
+        suspicion, or an older deadline of one that was confirmed since)."""
+        heap = self._deadlines
+        while heap:
+            deadline, _n, s = heap[0]
+            if self._suspicions.get(s.name) is s and s.deadline == deadline:
+                return s
+            heapq.heappop(heap)
+        return None
 
 
 def _check_meta(metadata: bytes) -> None:

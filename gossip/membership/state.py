@@ -87,7 +87,10 @@ class MemberTable:
         self._by_name: dict[str, Member] = {local.name: local}
         self._by_addr: dict[Address, str] = {local.address: local.name}
         self._live: tuple[Address, ...] | None = None
-        self._live_count = 1
+        self._live_count = 1  # kept up to date by every change: n is asked per packet
+        #: Dead and departed members (not this node), in the order they went down: gossip
+        #: to the dead, reconnects and reaping read it instead of the whole table.
+        self.down: dict[str, Member] = {}
 
     def __len__(self) -> int:
         return len(self._by_name)
@@ -100,8 +103,6 @@ class MemberTable:
 
     def live_count(self) -> int:
         """Alive and suspect members, this node included (``n`` of the formulas)."""
-        if self._live is None:
-            self._rebuild()
         return self._live_count
 
     def live_addresses(self) -> tuple[Address, ...]:
@@ -111,15 +112,18 @@ class MemberTable:
             live = self._rebuild()
         return live
 
-    def changed(self) -> None:
-        """Forget the cached live set (after any state change)."""
+    def leave_local(self, now: float) -> None:
+        """This node leaves: it is no longer counted among the live."""
+        if self.local.state in _LIVE:
+            self._live_count -= 1
+        self.local.state, self.local.since = State.LEFT, now
         self._live = None
 
     def _rebuild(self) -> tuple[Address, ...]:
         local = self.local
-        live = tuple(m.address for m in self._by_name.values() if m.state in _LIVE)
-        self._live_count = len(live)
-        self._live = tuple(a for a in live if a != local.address) if local.state in _LIVE else live
+        self._live = tuple(
+            m.address for m in self._by_name.values() if m.state in _LIVE and m is not local
+        )
         return self._live
 
     def alive(
@@ -138,6 +142,7 @@ class MemberTable:
             self._by_name[name] = Member(name, address, State.ALIVE, incarnation, meta, now)
             self._by_addr[address] = name
             self._live = None
+            self._live_count += 1
             return "joined"
         if m.address != address:
             if m.state in _LIVE:
@@ -148,6 +153,7 @@ class MemberTable:
                 del self._by_addr[m.address]
             m.address = address
             self._by_addr[address] = name
+            self._live = None
         elif incarnation <= m.incarnation:
             return None
         old = m.state
@@ -157,7 +163,11 @@ class MemberTable:
             return "updated" if meta_changed else SILENT
         m.since = now
         self._live = None
-        return "alive" if old == State.SUSPECT else "joined"
+        if old == State.SUSPECT:
+            return "alive"
+        self._live_count += 1
+        self.down.pop(name, None)
+        return "joined"
 
     def suspect(self, name: str, incarnation: int, now: float) -> str | None:
         """Apply ``Suspect`` news: ``suspect`` (new), ``confirm`` (already), ``None``."""
@@ -177,20 +187,25 @@ class MemberTable:
             return None
         if m.state == State.DEAD and not left:
             return None
+        if m.state in _LIVE:
+            self._live_count -= 1
         m.state = State.LEFT if left else State.DEAD
         m.incarnation, m.since = incarnation, now
         self._live = None
+        self.down.pop(name, None)  # re-inserted: the dict stays in order of going down
+        self.down[name] = m
         return "left" if left else "failed"
 
     def reap(self, before: float) -> list[Member]:
         """Forget the dead and departed members whose state changed before ``before``."""
-        gone = [
-            m
-            for m in self._by_name.values()
-            if m.state not in _LIVE and m.since < before and m is not self.local
-        ]
+        gone: list[Member] = []
+        for m in self.down.values():  # oldest first
+            if m.since >= before:
+                break
+            gone.append(m)
         for m in gone:
             del self._by_name[m.name]
+            del self.down[m.name]
             if self._by_addr.get(m.address) == m.name:
                 del self._by_addr[m.address]
         return gone

@@ -38,6 +38,7 @@ class Suspicion:
     """One suspected member: when it started, who confirmed, when it expires.
 
     Args:
+        name: the suspected member.
         incarnation: the suspected incarnation (a refutation carries a higher one).
         accuser: the member whose suspicion started this one (not a confirmation).
         k: confirmations wanted to reach ``low``; ``0`` gives the fixed timeout ``low``.
@@ -45,11 +46,29 @@ class Suspicion:
         start: when this node learned of the suspicion.
     """
 
-    __slots__ = ("_confirmed", "deadline", "high", "incarnation", "k", "low", "start")
+    __slots__ = (
+        "_confirmed",
+        "deadline",
+        "extended",
+        "high",
+        "incarnation",
+        "k",
+        "low",
+        "name",
+        "start",
+    )
 
     def __init__(  # noqa: PLR0917
-        self, incarnation: int, accuser: str, k: int, low: float, high: float, start: float
+        self,
+        name: str,
+        incarnation: int,
+        accuser: str,
+        k: int,
+        low: float,
+        high: float,
+        start: float,
     ) -> None:
+        self.name = name
         self.incarnation = incarnation
         self.k = k
         self.low = low
@@ -57,6 +76,8 @@ class Suspicion:
         self.start = start
         self._confirmed = {accuser}
         self.deadline = start + self.high
+        #: The engine granted one more interval because its own timer ran late.
+        self.extended = False
 
     @property
     def confirmations(self) -> int:
