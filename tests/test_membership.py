@@ -67,7 +67,8 @@ class Hand:
     """Engines whose datagrams wait in ``wire`` until the test delivers them."""
 
     def __init__(self, n: int, config: MembershipConfig | None = None, *, join: bool = True):
-        self.config = config or MembershipConfig()
+        # memberlist's profile: the unit tests' times are written against its timeouts.
+        self.config = config or MembershipConfig.memberlist_lan()
         self.now = 0.0
         self.engines: dict[Address, Membership] = {}
         self.wire: list[tuple[Address, Address, bytes]] = []
@@ -169,10 +170,14 @@ def to_not(*dead: int) -> Callable[[Address, Address, bytes], bool]:
 # -- the formulas -------------------------------------------------------------------------
 
 
-def test_config_defaults_are_memberlists_lan_profile() -> None:
+def test_config_defaults_are_memberlists_lan_profile_but_for_suspicion_and_schedule() -> None:
     c = MembershipConfig()
     assert (c.probe_interval, c.probe_timeout, c.indirect_checks) == (1.0, 0.5, 3)
-    assert (c.suspicion_mult, c.suspicion_max_timeout_mult, c.awareness_max) == (4, 6, 8)
+    assert (c.suspicion_mult, c.suspicion_max_timeout_mult, c.awareness_max) == (1.5, 6, 8)
+    assert (c.suspicion_min, c.confirmations_wanted(), c.probe_schedule) == (3.0, 2, "shared")
+    lan = MembershipConfig.memberlist_lan()
+    assert (lan.suspicion_mult, lan.suspicion_min, lan.probe_schedule) == (4, 0.0, "random")
+    assert lan.confirmations_wanted() == 2  # memberlist's k = suspicion_mult - 2
     assert (c.gossip_interval, c.gossip_nodes, c.retransmit_mult) == (0.2, 3, 4)
     assert c.local_health and c.dynamic_suspicion and c.buddy
     assert [c.retransmit_limit(n) for n in (1, 9, 10, 99, 100, 1000)] == [4, 4, 8, 8, 12, 16]
@@ -198,6 +203,9 @@ def test_suspicion_timeout_values() -> None:
     assert suspicion_timeout(2, k, low, high) == 8.0
     assert suspicion_timeout(5, k, low, high) == 8.0
     assert suspicion_timeout(0, 0, low, high) == 8.0  # no confirmations expected: fixed
+    # The defaults: a 3 s floor up to 100 members, then 1.5 x log10 n.
+    assert suspicion_bounds(32, 1.5, 6, 1.0, 3.0) == (3.0, 18.0)
+    assert suspicion_bounds(1000, 1.5, 6, 1.0, 3.0) == pytest.approx((4.5, 27.0))
 
     s = Suspicion("x", 3, "accuser", k, low, high, start=100.0)
     assert s.deadline == 148.0
@@ -348,7 +356,7 @@ def test_confirmations_shorten_the_suspicion() -> None:
 
 
 def test_without_dynamic_suspicion_the_timeout_is_fixed() -> None:
-    h = Hand(6, MembershipConfig(dynamic_suspicion=False))
+    h = Hand(6, MembershipConfig.memberlist_lan(dynamic_suspicion=False))
     inject(h.e(0), Suspect(0, "n5", "n1"))
     assert h.e(0)._suspicions["n5"].deadline == pytest.approx(4.0)
 

@@ -39,15 +39,36 @@ def _count(_instance: object, attribute: attrs.Attribute[Any], value: object) ->
 
 @attrs.frozen
 class MembershipConfig:
-    """Membership settings (defaults: memberlist's ``DefaultLANConfig``).
+    """Membership settings. The defaults are memberlist's ``DefaultLANConfig`` (probe every
+    1 s, timeout 500 ms, 3 indirect checks, gossip every 200 ms to 3, retransmit mult 4,
+    push-pull every 30 s, local health up to 8x) but for two things that make a crash
+    noticed in about 5 s instead of 10 (docs/benchmarks.md, issue 11): the *shared* probe
+    schedule, and a suspicion timeout of ``max(3 s, 1.5 x log10 n x probe_interval)`` that
+    reaches its minimum after 2 independent confirmations (memberlist: ``4 x log10 n x
+    probe_interval``, 6.0 s at 32 members, and ``k = mult - 2``). The 3 s floor is what
+    lets an overloaded member that reads its packets up to 2.5 s late refute in time.
+    :meth:`memberlist_lan` is memberlist's profile exactly.
 
     Attributes:
         probe_interval: one member probed per interval (scaled by local health).
+        probe_schedule: ``shared`` (the default): every node derives the same shuffled ring
+            of members each round and at each step (wall-clock time / ``probe_interval``)
+            probes the member as many places ahead of itself as the step says, so each
+            member is probed by exactly one member per interval and a crash is noticed
+            within about one interval; ``random``: SWIM's (and memberlist's) independent
+            shuffle per node, where the wait for the first probe of a crashed member is
+            exponential. Both probe every member once per round.
         probe_timeout: how long a direct Ping waits for its Ack before indirect probes
             (scaled by local health as well); must be below ``probe_interval``.
         indirect_checks: helpers asked to probe a silent member (``PingReq``).
         suspicion_mult: suspicion timeout ``min = mult * max(1, log10 n) * probe_interval``.
+        suspicion_min: a floor under that ``min`` (seconds): a member must have time to hear
+            the suspicion and refute even when it reads its packets late (an overloaded
+            process), whatever the cluster's size.
         suspicion_max_timeout_mult: ``max = this * min`` (Lifeguard's starting timeout).
+        suspicion_confirmations: independent confirmations that bring a suspicion's timeout
+            down to ``min`` (Lifeguard's ``k``); ``None``: memberlist's ``suspicion_mult -
+            2``.
         awareness_max: local health scores run ``0 .. awareness_max - 1``.
         gossip_interval: how often queued updates are sent on their own to ``gossip_nodes``.
         gossip_nodes: members each gossip round goes to.
@@ -75,9 +96,16 @@ class MembershipConfig:
 
     probe_interval: float = attrs.field(default=1.0, validator=_positive)
     probe_timeout: float = attrs.field(default=0.5, validator=_positive)
+    probe_schedule: str = attrs.field(
+        default="shared", validator=attrs.validators.in_(("shared", "random"))
+    )
     indirect_checks: int = attrs.field(default=3, validator=_count)
-    suspicion_mult: int = attrs.field(default=4, validator=_positive)
-    suspicion_max_timeout_mult: int = attrs.field(default=6, validator=_positive)
+    suspicion_mult: float = attrs.field(default=1.5, validator=_positive)
+    suspicion_min: float = attrs.field(default=3.0, validator=_non_negative)
+    suspicion_max_timeout_mult: float = attrs.field(default=6, validator=_positive)
+    suspicion_confirmations: int | None = attrs.field(
+        default=2, validator=attrs.validators.optional(_count)
+    )
     awareness_max: int = attrs.field(default=8, validator=_positive)
     gossip_interval: float = attrs.field(default=0.2, validator=_positive)
     gossip_nodes: int = attrs.field(default=3, validator=_count)
@@ -99,9 +127,27 @@ class MembershipConfig:
             raise LocalProtocolError("probe_timeout must be shorter than probe_interval")
 
     @classmethod
+    def memberlist_lan(cls, **changes: Any) -> MembershipConfig:
+        """hashicorp/memberlist's ``DefaultLANConfig`` as it is: suspicion ``4 x log10 n x
+        probe_interval`` with ``k = 2``, each node's own shuffled probe order."""
+        settings: dict[str, Any] = {
+            "suspicion_mult": 4,
+            "suspicion_min": 0.0,
+            "suspicion_confirmations": None,
+            "probe_schedule": "random",
+        }
+        return cls(**(settings | changes))
+
+    @classmethod
     def plain_swim(cls, **changes: Any) -> MembershipConfig:
         """SWIM without any Lifeguard part (the baseline Lifeguard is measured against)."""
         return cls(local_health=False, dynamic_suspicion=False, buddy=False, **changes)
+
+    def confirmations_wanted(self) -> int:
+        """Lifeguard's ``k``: confirmations that bring a suspicion down to ``min``."""
+        if self.suspicion_confirmations is not None:
+            return self.suspicion_confirmations
+        return max(0, math.ceil(self.suspicion_mult) - 2)
 
     def retransmit_limit(self, n: int) -> int:
         """How many times an update is piggybacked in a cluster of ``n`` members."""

@@ -23,8 +23,10 @@ engine never does I/O, never reads a clock, draws every random choice from
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import ipaddress
+import math
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -251,6 +253,12 @@ class Membership(Discovery):
             )
         self._order: list[str] = []
         self._order_index = 0
+        # The shared probe schedule's ring (see _shared_target): its round, the live set it
+        # was built from, and this node's place on it.
+        self._ring: list[str] = []
+        self._ring_index = 0
+        self._ring_round: int | None = None
+        self._ring_marker: tuple[Address, ...] | None = None
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
         self._seq = self.rng.getrandbits(32)
@@ -611,9 +619,13 @@ class Membership(Discovery):
         config = self.config
         n = self._table.live_count()
         low, high = suspicion_bounds(
-            n, config.suspicion_mult, config.suspicion_max_timeout_mult, config.probe_interval
+            n,
+            config.suspicion_mult,
+            config.suspicion_max_timeout_mult,
+            config.probe_interval,
+            config.suspicion_min,
         )
-        k = config.suspicion_mult - 2
+        k = config.confirmations_wanted()
         if not config.dynamic_suspicion or n - 2 < k:
             k = 0  # too few members to expect confirmations: the fixed timeout
         return Suspicion(update.name, update.incarnation, update.accuser, k, low, high, now)
@@ -660,7 +672,9 @@ class Membership(Discovery):
     # -- probing ------------------------------------------------------------------------
 
     def _start_probe(self, now: float) -> None:
-        target = self._next_target()
+        target = self._shared_target(now) if self.config.probe_schedule == "shared" else None
+        if target is None:
+            target = self._next_target()
         if target is None:
             return
         config = self.config
@@ -683,6 +697,39 @@ class Membership(Discovery):
         if self.config.buddy and m is not None and m.state == State.SUSPECT:
             return [Suspect(m.incarnation, target, self.name)]
         return []
+
+    def _shared_target(self, now: float) -> Member | None:
+        """The member this node probes at this step of the cluster's shared schedule.
+
+        Every node orders the live members (itself included) on one ring, shuffled anew
+        each round by hashing the round number with each name, and at step ``t`` (wall-clock
+        time / ``probe_interval``) probes the member ``t mod (n - 1) + 1`` places after
+        itself. So at every step each member is probed by exactly one other member (where
+        views agree), a crashed member is probed within about one interval rather than
+        after an exponential wait (the tail of SWIM's independent shuffles: seconds at
+        n = 64), and each member still probes every other once per round. ``None`` when
+        the ring names no live member (views disagree): the caller takes the
+        round-robin."""
+        marker = self._table.live_addresses()
+        if not marker:
+            return None
+        local = self._table.local
+        step = math.floor((now + self.codec.clock_offset) / self.config.probe_interval)
+        span = len(marker)  # the other live members
+        round_no = step // span
+        if round_no != self._ring_round or marker is not self._ring_marker:
+            salt = round_no.to_bytes(8, "big", signed=True)
+            names = [m.name for m in self._table if m.state in _LIVE or m is local]
+            names.sort(key=lambda n: hashlib.blake2b(salt + n.encode(), digest_size=8).digest())
+            self._ring = names
+            self._ring_index = names.index(local.name)
+            self._ring_round, self._ring_marker = round_no, marker
+        ring = self._ring
+        name = ring[(self._ring_index + step % (len(ring) - 1) + 1) % len(ring)]
+        m = self._table.get(name)
+        if m is None or m is local or m.state not in _LIVE:
+            return None
+        return m
 
     def _next_target(self) -> Member | None:
         """The next live member of a shuffled round-robin order: each member is probed once

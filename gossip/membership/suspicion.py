@@ -3,7 +3,7 @@
 A suspicion starts with a long timeout, ``max``, and shrinks towards ``min`` as *independent*
 confirmations arrive (other members suspecting the same incarnation)::
 
-    min     = suspicion_mult * max(1, log10 n) * probe_interval
+    min     = max(suspicion_min, suspicion_mult * max(1, log10 n) * probe_interval)
     max     = max_timeout_mult * min
     timeout = max(min, max - log(c + 1) / log(k + 1) * (max - min)),  k = suspicion_mult - 2
 
@@ -19,10 +19,14 @@ __all__ = ["Suspicion", "suspicion_bounds", "suspicion_timeout"]
 
 
 def suspicion_bounds(
-    n: int, suspicion_mult: float, max_timeout_mult: float, probe_interval: float
+    n: int,
+    suspicion_mult: float,
+    max_timeout_mult: float,
+    probe_interval: float,
+    floor: float = 0.0,
 ) -> tuple[float, float]:
-    """``(min, max)`` timeouts for a cluster of ``n`` members."""
-    low = suspicion_mult * max(1.0, math.log10(max(1, n))) * probe_interval
+    """``(min, max)`` timeouts for a cluster of ``n`` members (``min`` at least ``floor``)."""
+    low = max(floor, suspicion_mult * max(1.0, math.log10(max(1, n))) * probe_interval)
     return low, max_timeout_mult * low
 
 
