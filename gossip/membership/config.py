@@ -37,6 +37,11 @@ def _count(_instance: object, attribute: attrs.Attribute[Any], value: object) ->
         raise LocalProtocolError(f"{attribute.name} must be an integer >= 0, got {value!r}")
 
 
+def _optional_count(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        _count(instance, attribute, value)
+
+
 @attrs.frozen
 class MembershipConfig:
     """Membership settings. The defaults are memberlist's ``DefaultLANConfig`` (probe every
@@ -103,9 +108,7 @@ class MembershipConfig:
     suspicion_mult: float = attrs.field(default=1.5, validator=_positive)
     suspicion_min: float = attrs.field(default=3.0, validator=_non_negative)
     suspicion_max_timeout_mult: float = attrs.field(default=6, validator=_positive)
-    suspicion_confirmations: int | None = attrs.field(
-        default=2, validator=attrs.validators.optional(_count)
-    )
+    suspicion_confirmations: int | None = attrs.field(default=2, validator=_optional_count)
     awareness_max: int = attrs.field(default=8, validator=_positive)
     gossip_interval: float = attrs.field(default=0.2, validator=_positive)
     gossip_nodes: int = attrs.field(default=3, validator=_count)
