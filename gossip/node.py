@@ -128,6 +128,7 @@ class GossiperStatistics(Generic[S]):
 
 
 E_co = TypeVar("E_co", bound=Publisher[Any], covariant=True)
+T = TypeVar("T")
 P = TypeVar("P", bound=Publisher[Any])
 
 
@@ -271,6 +272,20 @@ class Gossiper(Generic[E_co]):
             self._flush_wanted = trio.lowlevel.ParkingLot()
             self._nursery.start_soon(self._flush_loop, self._flush_wanted)
         return key
+
+    async def apply(self, fn: Callable[[float], T]) -> T:
+        """Call ``fn(now)`` on an engine of this node from the application (a membership
+        engine's ``join`` or ``leave``, say), then send what it queued and re-arm the node's
+        timer: the one way to act on an engine past the pump. Returns what ``fn`` returns.
+
+        Raises:
+            trio.ClosedResourceError: the node is closed (``fn`` was not called).
+            trio.BrokenResourceError: the node's transport failed.
+        """
+        self._check_open()
+        result = fn(trio.current_time())
+        await self._flush()
+        return result
 
     async def receive(self) -> Message:
         """Wait for the next delivered message.

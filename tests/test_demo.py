@@ -11,10 +11,13 @@ from gossip import cli
 from gossip.cli.demo import DemoOptions, percentile, run_demo
 
 
-async def test_small_demo_reports_full_delivery_before_and_after_the_stop() -> None:
+@pytest.mark.parametrize("static", [False, True])
+async def test_small_demo_reports_full_delivery_before_and_after_the_stop(static: bool) -> None:
     out = io.StringIO()
-    with trio.fail_after(20):
-        report = await run_demo(DemoOptions(nodes=8, messages=10, rate=100, seed=1), out=out)
+    with trio.fail_after(45):
+        report = await run_demo(
+            DemoOptions(nodes=8, messages=10, rate=100, seed=1, static=static), out=out
+        )
     assert report.ok
     assert len(report.stopped) == 2
     before, after = report.phases
@@ -30,6 +33,13 @@ async def test_small_demo_reports_full_delivery_before_and_after_the_stop() -> N
     assert "\x1b[" not in text  # not a terminal: plain progress lines
     assert text.count("100.00 %") == 2
     assert "every message reached every live node exactly once" in text
+    if static:
+        assert report.converged_in is None and report.detection == ()
+    else:
+        # Membership converged, and every survivor reported both stopped nodes failed.
+        assert report.converged_in is not None and report.converged_in < 10
+        assert len(report.detection) == 6 * 2
+        assert "failure reports" in text
 
 
 def test_percentile_is_nearest_rank() -> None:

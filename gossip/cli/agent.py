@@ -4,6 +4,8 @@ Usage (flags and output are a stable interface: scripts depend on them)::
 
     gossip agent --bind HOST:PORT --peers HOST:PORT[,HOST:PORT...] [--peers ...]
                  [--profile native|go-gossip] [--key-file PATH | --passphrase-file PATH]
+    gossip agent --bind HOST:PORT [--join HOST:PORT[,HOST:PORT...]] [--name NAME]
+                 [--meta KEY=VALUE ...] [--key-file PATH]
                  [--fanout N] [--transport udp|ebpf|tcp [--interface IF]] [--stream]
                  [--stats-interval SECONDS] [--delivery wait|drop]
                  [--push-window N] [--recv-buffer BYTES]
@@ -15,7 +17,19 @@ Usage (flags and output are a stable interface: scripts depend on them)::
     Comma-separated peer addresses, same syntax; the flag may be repeated. The list may hold
     the agent's own address (it is skipped), so all agents of a cluster can share one list.
     Host names are resolved once at start-up, in the address family of ``--bind`` (IPv4
-    peers of an IPv6 agent are reached as IPv4-mapped addresses).
+    peers of an IPv6 agent are reached as IPv4-mapped addresses). A static cluster: the
+    list never changes, and a dead peer is never noticed.
+``--join``, ``--name``, ``--meta``
+    Instead of ``--peers``: a node with membership (SWIM + Lifeguard, ``gossip.cluster``).
+    ``--join`` lists seeds (same syntax as ``--peers``; the agent's own address is skipped,
+    so every agent may get the same list; none for the first node); the node exchanges full
+    state with them and then knows every member. Messages go to the live members.
+    ``--name`` is the member's unique name (default: the ``--bind`` address as given);
+    ``--meta KEY=VALUE`` (repeatable) are string tags spread with it (512 bytes in all).
+    Every membership change is a ``member`` line (below), this node's own ``joined`` first.
+    SIGTERM, SIGINT or the end of stdin leave gracefully: the others report ``left``, not
+    ``failed``; SIGKILL is a crash that they detect and report as ``failed``. Native
+    profile, ``udp``/``ebpf`` transports.
 ``--profile``
     ``native`` (the default): trio-gossip's push-pull protocol. ``go-gossip``: the go-gossip
     (HEAD) compatibility profile, which joins a cluster of Go nodes (``docs/interop.md``):
@@ -72,6 +86,11 @@ too large for one datagram is not published; a note goes to stderr.
 Output, stdout, one JSON object per line, written as soon as it is known::
 
     {"event": "message", "key": "<hex>", "data": "<base64>", "sender": "<host:port>", "ts": <float>}
+    {"event": "member", "change": "joined|updated|suspect|alive|failed|left", "name": "<name>",
+     "address": "<host:port>", "incarnation": <int>, "meta": {"<key>": "<value>", ...},
+     "ts": <float>}
+    {"event": "conflict", "kind": "name|address", "name": "<name>", "address": "<host:port>",
+     "known": {"name": ..., "address": ..., "incarnation": <int>}, "ts": <float>}
     {"event": "stats", "ts": <float>, "address": "<host:port>", "engine": {...},
      "transport": {...}, "delivery_queued": <int>, "delivery_overflow": <int>,
      "push_waits": <int>, "dropped": {...}, "stream": {...} | null}
@@ -87,7 +106,14 @@ every counter of :class:`~gossip.broadcast.EngineStatistics` (with ``--profile g
 :class:`~gossip.transport.base.TransportStatistics`; ``delivery_overflow`` counts messages
 not printed because the delivery queue was full (see below); ``dropped`` counts datagrams of a
 type no engine of the node owns; ``stream`` holds the TCP transport's counters with
-``--stream`` (``null`` without).
+``--stream`` (``null`` without); with membership, ``membership`` holds every counter of
+:class:`~gossip.membership.MembershipStatistics` and ``events_overflow`` the member lines
+lost because stdout fell too far behind.
+
+A ``member`` line's ``meta`` is the member's tags; metadata that is not a tag list (another
+application's) is ``{"_base64": "<base64>"}``. A ``conflict`` line reports news refused
+because it would merge two members: another member claims a known live ``name`` at another
+address, or a known live ``address`` under another name.
 
 Stderr carries human-readable notes (not a stable format): ``listening on HOST:PORT`` once
 the node runs (with ``--transport ebpf``, after a line saying whether the cloner is in use).
@@ -125,13 +151,15 @@ import trio
 
 from gossip.broadcast import GossipConfig, GossipEngine
 from gossip.cli.common import format_address, node_stats, write_lines
+from gossip.cluster import Cluster, ClusterEvent, open_cluster
 from gossip.compat.gogossip.cipher import LegacyGoGossipCipher
 from gossip.compat.gogossip.engine import GoGossipEngine
 from gossip.compat.gogossip.runtime import open_go_gossiper
 from gossip.compat.gogossip.wire import PULL_INTERVAL
 from gossip.crypto import Keyring
 from gossip.discovery import StaticDiscovery
-from gossip.errors import LocalProtocolError
+from gossip.errors import LocalProtocolError, MalformedPacket
+from gossip.membership import MemberConflict, MemberInfo, decode_tags_untrusted, encode_tags
 from gossip.node import Delivery, Gossiper, Message, open_gossiper
 from gossip.transport.base import Address, Transport
 from gossip.transport.tcp import open_tcp_transport
@@ -189,6 +217,10 @@ class AgentOptions:
         interface: the network interface of the eBPF cloner.
         stream: also a TCP transport on the ``bind`` port, for messages larger than a
             datagram (up to 64 KiB); native profile, ``udp`` or ``ebpf``.
+        name: this member's name: a node with membership (with ``join``), not a static
+            peer list. ``None`` with ``join``: the bind address as given.
+        join: seeds of a node with membership (``peers`` must then be empty).
+        meta: string tags of a node with membership, as ``(key, value)`` pairs.
 
     Raises:
         LocalProtocolError: options that do not go together (a keyring with the go-gossip
@@ -210,6 +242,14 @@ class AgentOptions:
     transport: TransportKind = "udp"
     interface: str | None = None
     stream: bool = False
+    name: str | None = None
+    join: tuple[Address, ...] = ()
+    meta: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def membership(self) -> bool:
+        """A node with membership (``--join`` / ``--name``) rather than a static list."""
+        return self.name is not None or bool(self.join)
 
     def __attrs_post_init__(self) -> None:
         if self.profile not in ("native", "go-gossip"):
@@ -235,6 +275,22 @@ class AgentOptions:
         if self.stream and (self.profile != "native" or self.transport == "tcp"):
             raise LocalProtocolError(
                 "--stream goes with the native profile on --transport udp or ebpf"
+            )
+        if self.membership:
+            if self.peers:
+                raise LocalProtocolError(
+                    "--peers is a static cluster; --join/--name a cluster with membership: not both"
+                )
+            if self.profile != "native" or self.transport == "tcp":
+                raise LocalProtocolError(
+                    "--join/--name need the native profile on --transport udp or ebpf"
+                )
+            encode_tags(dict(self.meta))  # too large or bad tags: refused now
+        elif self.meta:
+            raise LocalProtocolError("--meta needs a node with membership (--join or --name)")
+        elif not self.peers:
+            raise LocalProtocolError(
+                "give --peers (a static cluster) or --join/--name (a cluster with membership)"
             )
 
 
@@ -299,6 +355,44 @@ def format_message(message: Message) -> str:
     )
 
 
+def format_member_event(event: ClusterEvent) -> str:
+    """The stdout line of a membership change or conflict (without the newline)."""
+    if isinstance(event, MemberConflict):
+        return json.dumps(
+            {
+                "event": "conflict",
+                "kind": event.kind,
+                "name": event.name,
+                "address": format_address(event.address),
+                "known": {
+                    "name": event.known.name,
+                    "address": format_address(event.known.address),
+                    "incarnation": event.known.incarnation,
+                },
+                "ts": time.time(),
+            }
+        )
+    member = event.member
+    return json.dumps(
+        {
+            "event": "member",
+            "change": event.change,
+            "name": member.name,
+            "address": format_address(member.address),
+            "incarnation": member.incarnation,
+            "meta": _tags(member),
+            "ts": time.time(),
+        }
+    )
+
+
+def _tags(member: MemberInfo) -> dict[str, str]:
+    try:
+        return decode_tags_untrusted(member.meta)
+    except MalformedPacket:
+        return {"_base64": base64.b64encode(member.meta).decode("ascii")}
+
+
 def _note(text: str) -> None:
     print(f"gossip agent: {text}", file=sys.stderr, flush=True)
 
@@ -320,9 +414,17 @@ class _Agent:
     """The tasks of one agent around a running :class:`~gossip.node.Gossiper`."""
 
     def __init__(
-        self, node: AgentNode, options: AgentOptions, stdout_fd: int, grace: float
+        self,
+        node: AgentNode,
+        options: AgentOptions,
+        stdout_fd: int,
+        grace: float,
+        cluster: Cluster | None = None,
     ) -> None:
         self.node = node
+        self.cluster = cluster
+        #: A member line is on its way to stdout.
+        self.writing_members = False
         self.options = options
         self.stopped = trio.Event()
         self.failed = False
@@ -357,6 +459,16 @@ class _Agent:
         except OSError as err:
             self._stdout_failed(err)
 
+    async def print_members(self, cluster: Cluster) -> None:
+        """Write every membership change to stdout as a ``member`` line."""
+        try:
+            async for event in cluster.events():
+                self.writing_members = True
+                await self.write_lines([format_member_event(event)])
+                self.writing_members = False
+        except OSError as err:
+            self._stdout_failed(err)
+
     async def print_stats(self, interval: float) -> None:
         """Write a ``stats`` line every ``interval`` seconds."""
         deadline = trio.current_time()
@@ -377,7 +489,12 @@ class _Agent:
 
     def stats_line(self) -> str:
         """The ``stats`` line for the current counters."""
-        return json.dumps({"event": "stats", "ts": time.time(), **node_stats(self.node)})
+        fields = node_stats(self.node)
+        if self.cluster is not None:
+            stats = self.cluster.statistics()
+            fields["membership"] = attrs.asdict(stats.membership)
+            fields["events_overflow"] = stats.events_overflow
+        return json.dumps({"event": "stats", "ts": time.time(), **fields})
 
     async def publish_stdin(self, fd: int) -> None:
         """Publish every line of ``fd``; at its end, linger for the last ACK round, then stop."""
@@ -480,9 +597,9 @@ async def _start_node(
     transport: Transport,
     stack: contextlib.AsyncExitStack,
     stream: Transport | None = None,
-) -> tuple[AgentNode, float, str]:
+) -> tuple[AgentNode | Cluster, float, str]:
     """Start the node of ``options.profile`` on ``transport`` (and ``stream``, with
-    ``--stream``).
+    ``--stream``): a static node, or a :class:`~gossip.cluster.Cluster` with membership.
 
     Returns:
         The node, the grace period after the last publication, and a description for the
@@ -506,24 +623,46 @@ async def _start_node(
             GO_GOSSIP_GRACE_ROUNDS * PULL_INTERVAL,
             f"go-gossip profile, {n_peers}, {mode}, gossip number {options.fanout}",
         )
+    config = GossipConfig(
+        fanout=options.fanout,
+        push_window=options.push_window,
+        # With a stream, a message may be as large as a UDP datagram can be; what is longer
+        # than DEFAULT_MAX_DATAGRAM goes on the stream.
+        max_datagram=MAX_DATAGRAM_LIMIT if stream is not None else DEFAULT_MAX_DATAGRAM,
+    )
+    mode = "encrypted" if options.keyring is not None else "plain text"
+    if options.membership:
+        name = options.name or format_address(options.bind)
+        cluster = await stack.enter_async_context(
+            open_cluster(
+                transport,
+                name=name,
+                seeds=options.join,
+                metadata=dict(options.meta),
+                keyring=options.keyring,
+                config=config,
+                stream=stream,
+                delivery_queue=options.delivery_queue,
+                delivery=options.delivery,
+            )
+        )
+        n_seeds = f"{len(options.join)} seed{'' if len(options.join) == 1 else 's'}"
+        return (
+            cluster,
+            2 * config.ack_timeout,
+            f"member {name!r}, {n_seeds}, {mode}, fanout {options.fanout}",
+        )
     node = await stack.enter_async_context(
         open_gossiper(
             discovery,
             transport,
-            GossipConfig(
-                fanout=options.fanout,
-                push_window=options.push_window,
-                # With a stream, a message may be as large as a UDP datagram can be; what
-                # is longer than DEFAULT_MAX_DATAGRAM goes on the stream.
-                max_datagram=MAX_DATAGRAM_LIMIT if stream is not None else DEFAULT_MAX_DATAGRAM,
-            ),
+            config,
             keyring=options.keyring,
             delivery_queue=options.delivery_queue,
             delivery=options.delivery,
             stream=stream,
         )
     )
-    mode = "encrypted" if options.keyring is not None else "plain text"
     if stream is not None:
         mode += ", TCP streams for packets over 1400 bytes"
     return (
@@ -562,16 +701,27 @@ async def run_agent(options: AgentOptions, *, stdin_fd: int = 0, stdout_fd: int 
             except OSError as err:
                 _note(f"cannot bind {format_address(options.bind)}: {err.strerror or err}")
                 return 1
-            node, grace, description = await _start_node(options, transport, stack, stream)
-            agent = _Agent(node, options, stdout_fd, grace)
+            started, grace, description = await _start_node(options, transport, stack, stream)
+            cluster = started if isinstance(started, Cluster) else None
+            node = started.node if isinstance(started, Cluster) else started
+            agent = _Agent(node, options, stdout_fd, grace, cluster)
             _note(f"listening on {format_address(node.local_address)} ({description})")
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(agent.watch_signals, signals)
                 nursery.start_soon(agent.publish_stdin, stdin_fd)
                 nursery.start_soon(agent.print_messages)
+                if cluster is not None:
+                    nursery.start_soon(agent.print_members, cluster)
                 if options.stats_interval is not None:
                     nursery.start_soon(agent.print_stats, options.stats_interval)
                 await agent.stopped.wait()
+                if cluster is not None:
+                    # A graceful leave (bounded), while the member lines are still printed,
+                    # the node's own "left" included.
+                    await cluster.leave()
+                    with trio.move_on_after(DRAIN_TIMEOUT):
+                        while cluster.events_waiting or agent.writing_members:
+                            await trio.sleep(0.01)
                 nursery.cancel_scope.cancel()
             await agent.drain()
     return 1 if agent.failed else 0

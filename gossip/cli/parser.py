@@ -4,7 +4,8 @@ Commands::
 
     gossip keygen PATH [--force]
         write a new cluster key file (mode 0600)
-    gossip agent --bind HOST:PORT --peers HOST:PORT[,HOST:PORT...]
+    gossip agent --bind HOST:PORT (--peers HOST:PORT[,...] | --join HOST:PORT[,...] |
+                 --name NAME) [--meta KEY=VALUE ...]
                  [--profile native|go-gossip] [--key-file PATH | --passphrase-file PATH]
                  [--fanout N] [--transport udp|ebpf|tcp [--interface IF]] [--stream]
                  [--stats-interval SECONDS] [--delivery wait|drop]
@@ -16,7 +17,7 @@ Commands::
                   [--fanout N] [--gossip-number N] [--stats-interval SECONDS]
         one native node and one go-gossip node relaying messages both ways
         (:mod:`gossip.cli.bridge`)
-    gossip demo [--nodes N] [--messages N] [--rate PER_S] [--size BYTES] [--seed N]
+    gossip demo [--nodes N] [--messages N] [--rate PER_S] [--size BYTES] [--seed N] [--static]
         a live loopback cluster and its numbers (:mod:`gossip.cli.demo`; ``make demo``)
 
 Bad arguments exit with status 2 and a message on stderr.
@@ -61,6 +62,13 @@ def _hostport_list(text: str) -> list[tuple[str, int]]:
     if not items:
         raise argparse.ArgumentTypeError("expected HOST:PORT[,HOST:PORT...]")
     return [_hostport(item) for item in items]
+
+
+def _tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def _positive_int(text: str) -> int:
@@ -115,7 +123,10 @@ def _agent(args: argparse.Namespace) -> int:
     if args.transport != "ebpf" and args.interface is not None:
         parser.error("--interface is only used with --transport ebpf")
     try:
-        bind, peers = resolve_addresses(args.bind, [p for group in args.peers for p in group])
+        static = [p for group in args.peers or () for p in group]
+        seeds = [p for group in args.join or () for p in group]
+        bind, peers = resolve_addresses(args.bind, static)
+        _, join = resolve_addresses(args.bind, seeds)
         keyring = None if args.key_file is None else read_key_file(args.key_file)
         cipher = None if args.passphrase_file is None else _read_passphrase(args.passphrase_file)
         options = AgentOptions(
@@ -132,6 +143,9 @@ def _agent(args: argparse.Namespace) -> int:
             push_window=args.push_window,
             recv_buffer=args.recv_buffer,
             stream=args.stream,
+            name=args.name,
+            join=join,
+            meta=tuple(args.meta or ()),
         )
     except LocalProtocolError as err:
         parser.error(str(err))  # exits 2
@@ -171,6 +185,7 @@ def _demo(args: argparse.Namespace) -> int:
             rate=args.rate,
             size=args.size,
             seed=args.seed,
+            static=args.static,
         )
     except LocalProtocolError as err:
         args.parser.error(str(err))
@@ -201,11 +216,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--peers",
-        required=True,
         action="append",
         type=_hostport_list,
         metavar="HOST:PORT[,HOST:PORT...]",
-        help="peer addresses (IPv6 as [::1]:7946); may be repeated",
+        help="a static cluster: peer addresses (IPv6 as [::1]:7946); may be repeated",
+    )
+    p.add_argument(
+        "--join",
+        action="append",
+        type=_hostport_list,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="a cluster with membership (SWIM + Lifeguard): seeds to join (none for the "
+        "first node); may be repeated",
+    )
+    p.add_argument(
+        "--name",
+        help="this member's unique name (membership; default: the --bind address)",
+    )
+    p.add_argument(
+        "--meta",
+        action="append",
+        type=_tag,
+        metavar="KEY=VALUE",
+        help="a string tag of this member (membership; repeatable, 512 bytes in all)",
     )
     p.add_argument(
         "--profile",
@@ -331,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", type=_positive_int, default=256, metavar="BYTES", help="payload; default 256"
     )
     p.add_argument("--seed", type=int, help="seed origins, peer choices and victims")
+    p.add_argument(
+        "--static",
+        action="store_true",
+        help="a fixed peer list instead of membership (dead nodes stay in it)",
+    )
     p.set_defaults(func=_demo, parser=p)
     add_sim_parser(sub)
     return parser
