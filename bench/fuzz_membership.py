@@ -79,8 +79,7 @@ def samples(rng: random.Random) -> list[MembershipPacket]:
             True,
             False,
             tuple(
-                MemberState(State.ALIVE, i, f"n{i + 2}", peer, b"")
-                for i, peer in enumerate(PEERS)
+                MemberState(State.ALIVE, i, f"n{i + 2}", peer, b"") for i, peer in enumerate(PEERS)
             ),
         ),
     ]
