@@ -167,7 +167,7 @@ def _idle_rates(agents: Sequence[Agent], t0: float, t1: float) -> dict[str, Any]
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     n = args.nodes
-    ports = free_ports(n)
+    ports = free_ports(n + 1)  # the last one for the late joiner
     addresses = [f"127.0.0.1:{p}" for p in ports]
     seeds = ",".join(addresses[:3])
     result: dict[str, Any] = {"nodes": n, "seed": args.seed}
@@ -176,8 +176,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         write_key_file(key)
         agents: list[Agent] = []
         async with trio.open_nursery() as nursery:
-            t_spawn = time.time()
-            for i, address in enumerate(addresses):
+
+            async def spawn(i: int) -> Agent:
+                address = addresses[i]
                 process = await trio.lowlevel.open_process(
                     [
                         *(sys.executable, "-m", "gossip", "agent", "--bind", address),
@@ -192,8 +193,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 agents.append(agent)
                 nursery.start_soon(agent.read_stdout)
                 nursery.start_soon(agent.read_stderr)
+                return agent
+
+            t_spawn = time.time()
+            for i in range(n):
+                await spawn(i)
             try:
                 await _run_phases(args, agents, rng, t_spawn, result)
+                result["late_join"] = await _late_join(agents, spawn, n)
             finally:
                 with trio.CancelScope(shield=True):
                     for agent in agents:
@@ -202,6 +209,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         await agent.process.wait()
                 nursery.cancel_scope.cancel()
     return result
+
+
+async def _late_join(agents: list[Agent], spawn: Any, index: int) -> dict[str, Any]:
+    """One more agent joins the running cluster: from when it listens until every agent
+    holds it alive, and until it holds every live agent alive."""
+    late: Agent = await spawn(index)
+    with trio.fail_after(60):
+        await late.listening.wait()
+    t_listen = time.time()
+    live = [a for a in agents if a.alive and a is not late]
+    names = {a.name for a in live} | {late.name}
+    seen = await _until(lambda: all(late.name in a.joined() for a in live), 30)
+    t_seen = time.time()
+    knows = await _until(lambda: late.joined() >= names, 30)
+    t_knows = time.time()
+    return {
+        "seen_by_all": seen,
+        "seen_by_all_after_s": t_seen - t_listen if seen else None,
+        "knows_all": knows,
+        "knows_all_after_s": t_knows - t_listen if knows else None,
+    }
 
 
 async def _run_phases(
@@ -368,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        for section in ("join", "idle", "crash"):
+        for section in ("join", "idle", "crash", "late_join"):
             print(f"{section}:")
             for key, value in result[section].items():
                 print(f"  {key:28} {_fmt(value)}")

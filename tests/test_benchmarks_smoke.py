@@ -17,6 +17,7 @@ from bench import (
     ab,
     burst,
     dissemination,
+    fuzz_membership,
     hostile_agent,
     hostile_tcp,
     memory_bound,
@@ -45,6 +46,18 @@ def test_relay_cost_smoke(capsys: pytest.CaptureFixture[str]) -> None:
         # message (decoded, cached, delivered, forwarded and ACKed).
         assert 0 < dup < fresh
     assert "Targets" in capsys.readouterr().out
+
+
+def test_fuzz_membership_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    result = fuzz_membership.main(["--count", "3000", "--sealed", "2000"])
+    assert result["bugs"] == 0 and result["view_unchanged"]
+    plain = result["plain"]
+    # Every datagram with a membership label went through the parser: parsed or refused.
+    assert plain["parsed"] + plain["MalformedPacket"] + plain["not a membership label"] == 3000
+    sealed = result["sealed"]
+    # Every sealed-cluster datagram without the key was dropped, and counted by reason.
+    assert sum(n for k, n in sealed.items() if k.startswith("dropped: ")) >= sealed["sent"]
+    assert "view unchanged: True" in capsys.readouterr().out
 
 
 def test_hostile_agent_smoke(capsys: pytest.CaptureFixture[str]) -> None:

@@ -79,6 +79,13 @@ class MembershipConfig:
         gossip_nodes: members each gossip round goes to.
         retransmit_mult: each update is piggybacked ``mult * ceil(log10(n + 1))`` times.
         push_pull_interval: full-state exchange with one member; stretched above 32 members.
+        digest_sync: every Ping carries the prober's table digest (8 bytes: the XOR of a
+            hash of each live member's name and incarnation); a member whose own digest
+            keeps differing for 2 s exchanges full state with the prober (at most once per
+            10 s), and the periodic push-pull is skipped while the digests seen agreed
+            through the whole period. Idle, nothing but probes is sent; a difference is
+            repaired within seconds instead of at the next push-pull. Off: memberlist's
+            periodic push-pull only.
         join_followup: a second push-pull with one (live) seed this long after
             :meth:`~gossip.membership.Membership.join` (0: none), so that members that
             joined at the same time learn of each other without waiting for gossip to reach
@@ -114,6 +121,7 @@ class MembershipConfig:
     gossip_nodes: int = attrs.field(default=3, validator=_count)
     retransmit_mult: int = attrs.field(default=4, validator=_positive)
     push_pull_interval: float = attrs.field(default=30.0, validator=_positive)
+    digest_sync: bool = True
     join_followup: float = attrs.field(default=1.0, validator=_non_negative)
     reconnect_interval: float = attrs.field(default=30.0, validator=_positive)
     reap_time: float = attrs.field(default=30.0, validator=_positive)
@@ -138,6 +146,7 @@ class MembershipConfig:
             "suspicion_min": 0.0,
             "suspicion_confirmations": None,
             "probe_schedule": "random",
+            "digest_sync": False,
         }
         return cls(**(settings | changes))
 

@@ -78,6 +78,10 @@ _LIVE: Final = (State.ALIVE, State.SUSPECT)
 _MAX_UPDATES: Final = 255
 _U32_MASK: Final = 0xFFFF_FFFF
 _NACK_FRACTION: Final = 0.8
+#: How long table digests must keep differing before a full exchange (gossip settles a
+#: change in about a second), and the least time between two such exchanges.
+_DIGEST_PATIENCE: Final = 2.0
+_DIGEST_BACKOFF: Final = 10.0
 #: The largest member entry (state, incarnation, a 255-byte name, an IPv6 address, 512 bytes
 #: of metadata) in a PushPull, with its header: every update and entry fits one packet.
 MIN_BODY: Final = 3 + 1 + 4 + 256 + 19 + 514
@@ -123,7 +127,8 @@ class MembershipStatistics:
         refutations: suspicions (or deaths) of this node it refuted.
         conflicts: name or address conflicts refused.
         queued: updates waiting to be piggybacked; ``updates_sent``: piggybacked copies.
-        push_pulls_sent, push_pulls_received: full-state packets.
+        push_pulls_sent, push_pulls_received: full-state packets (``digest_syncs`` of the
+            sent were started by a table digest that kept differing).
         received: authenticated packets by kind.
         dropped: refused datagrams and updates, by reason.
     """
@@ -148,6 +153,8 @@ class MembershipStatistics:
     push_pulls_received: int
     received: dict[str, int]
     dropped: dict[str, int]
+    #: Full-state exchanges started because table digests kept differing.
+    digest_syncs: int = 0
 
 
 class _Probe:
@@ -253,6 +260,11 @@ class Membership(Discovery):
             )
         self._order: list[str] = []
         self._order_index = 0
+        # Table digests compared on Pings (see _compare_digest).
+        self._digest_agreed = -math.inf
+        self._digest_differs: float | None = None
+        self._digest_sync_after = -math.inf
+        self._digest_syncs = 0
         # The shared probe schedule's ring (see _shared_target): its round, the live set it
         # was built from, and this node's place on it.
         self._ring: list[str] = []
@@ -346,8 +358,16 @@ class Membership(Discovery):
             self._next_gossip = now + config.gossip_interval
         if now >= self._next_push_pull:
             n = self._table.live_count()
-            self._next_push_pull = now + config.push_pull_period(n)
-            if not self._left:
+            period = config.push_pull_period(n)
+            self._next_push_pull = now + period
+            # With digests compared on every Ping, a view that agreed with the pingers
+            # through the whole period needs no full exchange: idle costs no push-pull.
+            agreed = (
+                config.digest_sync
+                and self._digest_differs is None
+                and now - self._digest_agreed < period
+            )
+            if not self._left and not agreed:
                 peers = self._table.live_addresses()
                 if peers:
                     self._push_pull(peers[self.rng.randrange(len(peers))], now, join=False)
@@ -410,6 +430,7 @@ class Membership(Discovery):
             updates_sent=self._updates_sent,
             push_pulls_sent=self._pp_sent,
             push_pulls_received=self._pp_received,
+            digest_syncs=self._digest_syncs,
             received=dict(self._received),
             dropped=dict(self._dropped),
         )
@@ -478,8 +499,7 @@ class Membership(Discovery):
         if self._left:
             raise LocalProtocolError("this node has left the cluster")
         local = self._table.local
-        local.meta = metadata
-        local.incarnation = (local.incarnation + 1) & _U32_MASK
+        self._table.bump_local((local.incarnation + 1) & _U32_MASK, metadata)
         self._announce_self()
         self._events.append(MemberEvent("updated", local.info()))
         self._rearm()
@@ -520,6 +540,8 @@ class Membership(Discovery):
                 # (a paused node resuming; a restarted one, under its old name).
                 extra.append(Dead(src.incarnation, src.name, self.name))
             self._send(Ack(packet.seq), (addr,), now, extra)
+            if packet.digest and self.config.digest_sync:
+                self._compare_digest(packet.digest, addr, now)
         elif type(packet) is Ack:
             probe = self._probe
             if probe is not None and packet.seq == probe.seq and not probe.acked:
@@ -651,7 +673,7 @@ class Membership(Discovery):
 
     def _refute(self, incarnation: int) -> None:
         local = self._table.local
-        local.incarnation = (max(local.incarnation, incarnation) + 1) & _U32_MASK
+        self._table.bump_local((max(local.incarnation, incarnation) + 1) & _U32_MASK)
         self._refutations += 1
         # Lifeguard: being suspected hints that this node is the slow one.
         self._awareness.apply(1)
@@ -687,8 +709,34 @@ class Membership(Discovery):
         )
         self._probes += 1
         self._send(
-            Ping(seq, target.name, self.name), (target.address,), now, self._buddy(target.name)
+            Ping(
+                seq, target.name, self.name, digest=self._table.digest if config.digest_sync else 0
+            ),
+            (target.address,),
+            now,
+            self._buddy(target.name),
         )
+
+    def _compare_digest(self, digest: int, addr: Address, now: float) -> None:
+        """A pinger's table digest against ours: a difference that lasts
+        :data:`_DIGEST_PATIENCE` (gossip in flight settles sooner) makes this node exchange
+        full state with the pinger, at most once per :data:`_DIGEST_BACKOFF`."""
+        if digest == self._table.digest:
+            self._digest_agreed = now
+            self._digest_differs = None
+            return
+        if self._digest_differs is None:
+            self._digest_differs = now
+            return
+        if now - self._digest_differs < _DIGEST_PATIENCE or now < self._digest_sync_after:
+            return
+        m = self._table.by_address(addr)
+        if self._left or m is None or m.state not in _LIVE:
+            return  # only with a member we know (never an exchange with a stranger)
+        self._digest_syncs += 1
+        self._digest_sync_after = now + _DIGEST_BACKOFF
+        self._digest_differs = None
+        self._push_pull(addr, now, join=False)
 
     def _buddy(self, target: str) -> list[Update]:
         """Lifeguard's buddy system: a Ping to a suspect carries the suspicion, so that the

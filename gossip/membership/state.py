@@ -19,6 +19,7 @@ Older incarnations are ignored, so a stale update can never undo a newer one.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Final
 
@@ -78,8 +79,19 @@ class Member:
         return MemberInfo(self.name, self.address, self.state, self.incarnation, self.meta)
 
 
+def member_hash(name: str, incarnation: int) -> int:
+    """64 bits of one live member's identity in the table digest (the same on every node)."""
+    raw = hashlib.blake2b(name.encode() + incarnation.to_bytes(4, "big"), digest_size=8)
+    return int.from_bytes(raw.digest(), "big")
+
+
 class MemberTable:
-    """Members by name and by address, this node included; at most ``cap`` rows."""
+    """Members by name and by address, this node included; at most ``cap`` rows.
+
+    ``digest`` is the XOR of :func:`member_hash` over the live members (this node
+    included), kept up to date by every change: two nodes whose digests agree hold the same
+    live members at the same incarnations (up to a 2^-64 chance), without exchanging them.
+    """
 
     def __init__(self, local: Member, cap: int) -> None:
         self.local = local
@@ -88,6 +100,7 @@ class MemberTable:
         self._by_addr: dict[Address, str] = {local.address: local.name}
         self._live: tuple[Address, ...] | None = None
         self._live_count = 1  # kept up to date by every change: n is asked per packet
+        self.digest = member_hash(local.name, local.incarnation)
         #: Dead and departed members (not this node), in the order they went down: gossip
         #: to the dead, reconnects and reaping read it instead of the whole table.
         self.down: dict[str, Member] = {}
@@ -101,6 +114,10 @@ class MemberTable:
     def get(self, name: str) -> Member | None:
         return self._by_name.get(name)
 
+    def by_address(self, address: Address) -> Member | None:
+        name = self._by_addr.get(address)
+        return None if name is None else self._by_name.get(name)
+
     def live_count(self) -> int:
         """Alive and suspect members, this node included (``n`` of the formulas)."""
         return self._live_count
@@ -112,8 +129,23 @@ class MemberTable:
             live = self._rebuild()
         return live
 
+    def _xor(self, m: Member) -> None:
+        """Toggle ``m`` in the digest (call before and after changing a live member)."""
+        if m.state in _LIVE:
+            self.digest ^= member_hash(m.name, m.incarnation)
+
+    def bump_local(self, incarnation: int, meta: bytes | None = None) -> None:
+        """This node's new incarnation (a refutation, new metadata)."""
+        local = self.local
+        self._xor(local)
+        local.incarnation = incarnation
+        if meta is not None:
+            local.meta = meta
+        self._xor(local)
+
     def leave_local(self, now: float) -> None:
         """This node leaves: it is no longer counted among the live."""
+        self._xor(self.local)
         if self.local.state in _LIVE:
             self._live_count -= 1
         self.local.state, self.local.since = State.LEFT, now
@@ -139,8 +171,9 @@ class MemberTable:
         if m is None:
             if len(self._by_name) >= self.cap:
                 return FULL
-            self._by_name[name] = Member(name, address, State.ALIVE, incarnation, meta, now)
+            m = self._by_name[name] = Member(name, address, State.ALIVE, incarnation, meta, now)
             self._by_addr[address] = name
+            self._xor(m)
             self._live = None
             self._live_count += 1
             return "joined"
@@ -158,7 +191,9 @@ class MemberTable:
             return None
         old = m.state
         meta_changed = meta != m.meta
+        self._xor(m)
         m.state, m.incarnation, m.meta = State.ALIVE, incarnation, meta
+        self._xor(m)
         if old == State.ALIVE:
             return "updated" if meta_changed else SILENT
         m.since = now
@@ -174,7 +209,9 @@ class MemberTable:
         m = self._by_name.get(name)
         if m is None or incarnation < m.incarnation or m.state not in _LIVE:
             return None
+        self._xor(m)
         m.incarnation = incarnation
+        self._xor(m)
         if m.state == State.SUSPECT:
             return CONFIRM
         m.state, m.since = State.SUSPECT, now
@@ -187,6 +224,7 @@ class MemberTable:
             return None
         if m.state == State.DEAD and not left:
             return None
+        self._xor(m)
         if m.state in _LIVE:
             self._live_count -= 1
         m.state = State.LEFT if left else State.DEAD

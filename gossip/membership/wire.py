@@ -17,7 +17,7 @@ Updates (the first byte is the kind)::
 
 Packets::
 
-    Ping     0x10 | seq u32 | target name | source name | updates |
+    Ping     0x10 | seq u32 | target name | source name | digest u64 | updates |
     Ack      0x11 | seq u32 | updates |
     PingReq  0x12 | seq u32 | target name | target address | updates |
     Nack     0x13 | seq u32 | updates |
@@ -92,6 +92,7 @@ _JOIN_FLAG, _REPLY_FLAG = 1, 2
 #: Updates in one packet: the count is one byte.
 MAX_UPDATES: Final = 255
 _U32: Final = struct.Struct(">I")
+_U64: Final = struct.Struct(">Q")
 _U16: Final = struct.Struct(">H")
 
 
@@ -145,12 +146,15 @@ Update = Alive | Suspect | Dead | Leave
 
 @attrs.frozen(slots=True)
 class Ping:
-    """A probe of ``target`` (its name: an Ack proves the right member answered)."""
+    """A probe of ``target`` (its name: an Ack proves the right member answered).
+    ``digest``: the prober's table digest (:attr:`gossip.membership.state.MemberTable.
+    digest`; 0: not said): a target whose own differs knows their views differ."""
 
     seq: int
     target: str
     source: str
     updates: tuple[Update, ...] = ()
+    digest: int = 0
 
 
 @attrs.frozen(slots=True)
@@ -284,7 +288,12 @@ def encode_head(packet: MembershipPacket) -> tuple[int, bytes]:
     """The packet type and the body up to (not including) its updates section. A PushPull
     has no updates section: its head is its whole body."""
     if type(packet) is Ping:
-        return PING, _U32.pack(packet.seq) + _name(packet.target) + _name(packet.source)
+        return PING, (
+            _U32.pack(packet.seq)
+            + _name(packet.target)
+            + _name(packet.source)
+            + _U64.pack(packet.digest)
+        )
     if type(packet) is Ack:
         return ACK, _U32.pack(packet.seq)
     if type(packet) is PingReq:
@@ -353,6 +362,10 @@ class _Reader:
         value: int = _U32.unpack(self.take(4))[0]
         return value
 
+    def u64(self) -> int:
+        value: int = _U64.unpack(self.take(8))[0]
+        return value
+
     def name(self) -> str:
         n = self.u8()
         if n == 0:
@@ -418,7 +431,8 @@ def parse_untrusted(ptype: int, body: bytes) -> MembershipPacket:
     r = _Reader(body)
     packet: MembershipPacket
     if ptype == PING:
-        packet = Ping(r.u32(), r.name(), r.name(), r.updates())
+        seq, target, source, digest = r.u32(), r.name(), r.name(), r.u64()
+        packet = Ping(seq, target, source, r.updates(), digest)
     elif ptype == ACK:
         packet = Ack(r.u32(), r.updates())
     elif ptype == PING_REQ:
