@@ -91,3 +91,19 @@ def test_a_view_that_missed_news_is_repaired_through_the_digest() -> None:
         + sum(c.engine(n.index).statistics().digest_syncs for n in c.running())
         >= 1
     )
+
+
+def test_a_join_sent_before_the_seed_listens_is_retried() -> None:
+    c = Cluster(3, seed=6, join=False)
+    c.crash(0)  # the seed is not up yet
+    c.crash(1)
+    c.start(1, seeds=[c.nodes[0].address])
+    c.run_for(3.0)
+    assert c.engine(1).statistics().push_pulls_sent >= 2  # at start, then after 1 s, 2 s
+    c.start(0)
+    t0 = c.now
+    # Retried after 1, 2, 4 s (doubling up to reconnect_interval): well before the 30 s
+    # reconnect that would otherwise be the next try.
+    assert c.run_until(
+        t0 + 8.0, lambda: c.view(0, 1) == State.ALIVE and c.view(1, 0) == State.ALIVE
+    )

@@ -90,6 +90,9 @@ class MembershipConfig:
             :meth:`~gossip.membership.Membership.join` (0: none), so that members that
             joined at the same time learn of each other without waiting for gossip to reach
             them all or for the next periodic push-pull.
+        join_retry: while this node knows no live member, its seeds are tried again after
+            this long, then twice as long each time up to ``reconnect_interval`` (agents
+            started together may send their join before the seed listens).
         reconnect_interval: how often a push-pull goes to one member held dead or one seed
             that is not a live member (to all seeds when this node knows no live member), so
             that a healed partition or a lost join still converges. Nothing is sent while
@@ -123,6 +126,7 @@ class MembershipConfig:
     push_pull_interval: float = attrs.field(default=30.0, validator=_positive)
     digest_sync: bool = True
     join_followup: float = attrs.field(default=1.0, validator=_non_negative)
+    join_retry: float = attrs.field(default=1.0, validator=_positive)
     reconnect_interval: float = attrs.field(default=30.0, validator=_positive)
     reap_time: float = attrs.field(default=30.0, validator=_positive)
     gossip_to_the_dead: float = attrs.field(default=30.0, validator=_positive)

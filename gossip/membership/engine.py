@@ -281,6 +281,7 @@ class Membership(Discovery):
         self._next_reconnect = now + self.rng.uniform(0.5, 1.0) * config.reconnect_interval
         self._seeds: dict[Address, None] = {}
         self._followup: float | None = None
+        self._join_backoff = config.join_retry
         self._left = False
         self._out: list[Outgoing] = []
         self._events: list[object] = [MemberEvent("joined", local.info())]
@@ -377,7 +378,14 @@ class Membership(Discovery):
             if seeds and not self._left:
                 self._push_pull(seeds[self.rng.randrange(len(seeds))], now, join=True)
         if now >= self._next_reconnect:
-            self._next_reconnect = now + config.reconnect_interval
+            if self._table.live_addresses() or not self._seeds:
+                self._next_reconnect = now + config.reconnect_interval
+                self._join_backoff = config.join_retry
+            else:
+                # Alone: no seed answered yet (it was not up, the datagram was lost): try
+                # again soon, backing off to the reconnect interval.
+                self._next_reconnect = now + self._join_backoff
+                self._join_backoff = min(2 * self._join_backoff, config.reconnect_interval)
             if not self._left:
                 self._reconnect(now)
         self._rearm()
@@ -480,6 +488,9 @@ class Membership(Discovery):
                     self._seeds[peer] = None
                 self._push_pull(peer, now, join=True)
                 count += 1
+        if count:
+            # Until a seed answers, the reconnect timer retries soon (see handle_timer).
+            self._next_reconnect = min(self._next_reconnect, now + self.config.join_retry)
         if count and self.config.join_followup:
             # Nodes that join the seed after this one learn of each other only by gossip,
             # and gossip can miss a few: one more exchange with a seed, which by then has
