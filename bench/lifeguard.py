@@ -179,6 +179,62 @@ def _paired(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in runs if len(have[_key(r)[:4]]) == len(VARIANTS)]
 
 
+def _cell(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The grid's tables (docs/benchmarks.md): per cell, then totals."""
+    meta = report["meta"]
+    lines = [
+        f"{meta['finished_runs']} of {meta['planned_runs']} runs "
+        f"({'complete' if meta.get('complete') else 'partial'}; last written "
+        f"{meta.get('updated_utc')}), commit {meta['commit'][:12]}, seeds per size "
+        f"{meta['seeds']}, warm-up {meta['settle']:g} s, measured {meta['duration']:g} s, "
+        f"{meta['crashes']} crash per run. Only seeds finished with both variants count.",
+        "",
+        "| nodes | loss | starved | runs | false-death runs: Lifeguard | plain SWIM | ratio "
+        "| false deaths (starved/healthy victims): Lifeguard | plain | detection p50 / max (s): "
+        "Lifeguard | plain | p50 ratio | first suspicion p50 (s): Lifeguard | plain |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|---:|---:|---:|",
+    ]
+
+    def row(label: list[str], c: dict[str, Any]) -> str:
+        lg, pl = c["lifeguard"], c["plain"]
+        ratio = c["false_death_ratio"]
+        ratio_text = (
+            "-"
+            if lg["runs"] == 0
+            else ("inf" if ratio is None and pl["false_death_runs"] else _cell(ratio))
+        )
+        return (
+            "| "
+            + " | ".join(
+                [
+                    *label,
+                    str(lg["runs"]),
+                    str(lg["false_death_runs"]),
+                    str(pl["false_death_runs"]),
+                    ratio_text,
+                    f"{lg['false_deaths']['starved']}/{lg['false_deaths']['healthy']}",
+                    f"{pl['false_deaths']['starved']}/{pl['false_deaths']['healthy']}",
+                    f"{_cell(lg['all_failed_p50'])} / {_cell(lg['all_failed_max'])}",
+                    f"{_cell(pl['all_failed_p50'])} / {_cell(pl['all_failed_max'])}",
+                    _cell(c["detection_p50_ratio"]),
+                    _cell(lg["first_suspicion_p50"]),
+                    _cell(pl["first_suspicion_p50"]),
+                ]
+            )
+            + " |"
+        )
+
+    for c in report["cells"]:
+        lines.append(row([str(c["nodes"]), f"{c['loss']:.0%}", f"{c['starved']:.0%}"], c))
+    for name, c in report["totals"].items():
+        lines.append(row([f"**{name}**", "", ""], c))
+    return "\n".join(lines)
+
+
 def _write(path: Path, report: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(report, indent=1) + "\n")
@@ -229,7 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("lifeguard-grid.json"))
     p.add_argument("--resume", action="store_true", help="skip runs already in --out")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--markdown", type=Path, metavar="FILE", help="only print FILE's tables (Markdown)"
+    )
     args = p.parse_args(argv)
+    if args.markdown is not None:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
 
     cells = [(n, loss, s) for n in args.nodes for loss in args.loss for s in args.starved]
     # Seed-major within each size: a partial grid covers every cell with fewer seeds.

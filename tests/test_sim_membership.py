@@ -112,6 +112,15 @@ def test_cli_membership_json_is_the_last_line_and_says_encryption_is_off(
     assert ENCRYPTION_NOTE in table
 
 
+def test_cli_join_only(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        sim_main(["--membership", "--nodes", "40", "--join-only", "--seed", "2"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "every node sees all 40 alive at" in out
+    assert "false deaths" not in out
+
+
 def test_cli_trace_does_not_depend_on_the_hash_seed() -> None:
     """Two processes with different PYTHONHASHSEEDs: the same event log."""
     argv = [sys.executable, "-m", "gossip", "sim", "--membership", "--nodes", "12"]

@@ -180,6 +180,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--plain-swim", action="store_true", help="Lifeguard's three parts off (the baseline)"
     )
+    g.add_argument(
+        "--join-only",
+        action="store_true",
+        help="stop when every node sees every node alive (within --settle; no faults)",
+    )
     bar = g.add_mutually_exclusive_group()
     bar.add_argument("--progress", action="store_true", default=None, help="force the bar")
     bar.add_argument("--no-progress", dest="progress", action="store_false")
@@ -288,11 +293,13 @@ def membership_scenario_from_args(args: argparse.Namespace) -> MembershipScenari
         crash_at=args.crash_at,
         duration=args.duration,
         encrypted=args.encrypted,
+        stop_when_joined=args.join_only,
     )
 
 
 def run_membership(args: argparse.Namespace) -> int:
-    """``--membership``: exit status 0 (1 if a crashed node was not failed everywhere)."""
+    """``--membership``: exit status 0 (1 if a crashed node was not failed everywhere, or
+    the join did not converge within the warm-up)."""
     try:
         scenario = membership_scenario_from_args(args)
     except LocalProtocolError as err:
@@ -302,7 +309,8 @@ def run_membership(args: argparse.Namespace) -> int:
         print(json.dumps(membership_to_dict(result), sort_keys=False))
     else:
         print(format_membership(result))
-    return 0 if all(t is not None for t in result.all_failed) else 1
+    ok = result.join_time is not None and all(t is not None for t in result.all_failed)
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> None:

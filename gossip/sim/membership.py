@@ -762,10 +762,22 @@ def format_membership(result: MembershipResult) -> str:
         f"membership: {d['nodes']} nodes ({d['config']}), seed {d['seed']}, loss "
         f"{d['loss']:.1%}, latency {sc_ms(result.scenario)}, {d['crashed']} crashed, "
         f"{d['starved']} starved (reading {d['starved_delay'][0]}-{d['starved_delay'][1]} s "
-        f"late), warm-up {d['settle']:g} s, measured {d['duration']:g} s",
+        f"late), "
+        + (
+            f"join only (up to {d['settle']:g} s)"
+            if result.scenario.stop_when_joined
+            else f"warm-up {d['settle']:g} s, measured {d['duration']:g} s"
+        ),
         f"join: every node sees all {d['nodes']} alive at {_s(d['join_time'])}"
         f" ({d['join_packets_per_node']:.1f} packets per node during the warm-up)",
     ]
+    if result.scenario.stop_when_joined:
+        lines.append(ENCRYPTION_NOTE if not result.scenario.encrypted else "encryption on")
+        lines.append(
+            f"{d['events']:,} events in {d['virtual_seconds']:.2f} s virtual, "
+            f"{d['wall_seconds']:.2f} s wall"
+        )
+        return "\n".join(lines)
     if result.victims:
         lines.append(
             f"crash detection: first suspicion p50 {_s(det['first_suspicion_p50'])}; "
