@@ -9,8 +9,7 @@ import functools
 import pytest
 
 from gossip.membership import MemberEvent, MembershipConfig, State
-
-from .membership_sim import Cluster
+from gossip.sim.membership import Cluster
 
 
 def failed_everywhere(c: Cluster, victims: list[int]) -> bool:

@@ -3,6 +3,14 @@
 Usage::
 
     gossip sim --nodes N [--seed S] [--loss P] [--crashed P] [--fanout F] [--json] [...]
+    gossip sim --membership --nodes N [--loss P] [--crashed P] [--starved P] [--duration S]
+        [--seed S] [--plain-swim] [--json]
+
+``--membership`` runs the membership simulator (:mod:`gossip.sim.membership`: SWIM with
+Lifeguard, or plain SWIM with ``--plain-swim``) instead of one broadcast: every node joins
+through 3 seeds, ``--settle`` seconds of warm-up, then ``--starved`` nodes read each datagram
+0.5-2.5 s late and ``--crashed`` nodes are killed at once, for ``--duration`` seconds; it
+reports join convergence, crash detection, false suspicions and deaths, and traffic.
 
 Probabilities are fractions (``0.1``) or percentages (``10%``). With ``--json`` the last line of
 stdout is one JSON object (:func:`gossip.sim.report.to_dict`); otherwise a table. A progress
@@ -20,7 +28,10 @@ from typing import Any
 
 from gossip.broadcast import GossipConfig
 from gossip.errors import LocalProtocolError
+from gossip.membership import MembershipConfig
 from gossip.sim.core import LAN, WAN, Latency, Scenario, Simulation
+from gossip.sim.membership import MembershipScenario, format_membership, membership_to_dict
+from gossip.sim.membership import simulate as simulate_membership
 from gossip.sim.report import format_table, to_dict
 
 __all__ = ["add_parser", "main", "run"]
@@ -123,9 +134,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--latency",
         type=_latency,
-        default=LAN,
+        default=None,
         metavar="lan|wan|LOW:HIGH",
-        help="per hop, uniform: lan = 0.2:1 ms (default), wan = 20:120 ms, or LOW:HIGH in ms",
+        help="per hop, uniform: lan = 0.2:1 ms (default), wan = 20:120 ms, or LOW:HIGH in ms "
+        "(--membership: default 1:3, 2 ms +- 1 ms)",
     )
     g.add_argument("--duplicate", type=_probability, default=0.0, metavar="P")
     g.add_argument(
@@ -147,6 +159,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--payload", type=_count(0), default=256, metavar="BYTES", help="default 256")
     g.add_argument(
         "--max-time", type=_seconds, default=50.0, metavar="S", help="after the last push"
+    )
+    g = p.add_argument_group("membership (with --membership; the engine options above are ignored)")
+    g.add_argument(
+        "--membership",
+        action="store_true",
+        help="simulate SWIM + Lifeguard membership instead of one broadcast",
+    )
+    g.add_argument(
+        "--starved", type=_probability, default=0.0, metavar="P", help="fraction reading late"
+    )
+    g.add_argument(
+        "--duration", type=_seconds, default=60.0, metavar="S", help="after the warm-up (60)"
+    )
+    g.add_argument("--settle", type=_seconds, default=10.0, metavar="S", help="warm-up (10)")
+    g.add_argument(
+        "--crash-at", type=_seconds, default=0.0, metavar="S", help="after the warm-up (0)"
+    )
+    g.add_argument("--seeds", type=_count(1), default=3, metavar="K", help="seed nodes (3)")
+    g.add_argument(
+        "--plain-swim", action="store_true", help="Lifeguard's three parts off (the baseline)"
+    )
+    g.add_argument(
+        "--join-only",
+        action="store_true",
+        help="stop when every node sees every node alive (within --settle; no faults)",
     )
     bar = g.add_mutually_exclusive_group()
     bar.add_argument("--progress", action="store_true", default=None, help="force the bar")
@@ -174,7 +211,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         nodes=args.nodes,
         seed=args.seed,
         config=GossipConfig(**overrides),
-        latency=args.latency,
+        latency=args.latency if args.latency is not None else LAN,
         loss=args.loss,
         duplicate=args.duplicate,
         crashed=args.crashed,
@@ -218,6 +255,8 @@ class _Bar:
 def run(args: argparse.Namespace) -> int:
     """The ``sim`` handler: exit status 0 (1 if a message missed a live node)."""
     parser: argparse.ArgumentParser = args.parser
+    if args.membership:
+        return run_membership(args)
     try:
         scenario = scenario_from_args(args)
     except LocalProtocolError as err:
@@ -235,6 +274,43 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(result))
     return 0 if result.complete else 1
+
+
+def membership_scenario_from_args(args: argparse.Namespace) -> MembershipScenario:
+    """The :class:`MembershipScenario` of ``--membership`` (``LocalProtocolError`` if bad)."""
+    latency: Latency = args.latency if args.latency is not None else Latency(0.001, 0.003)
+    return MembershipScenario(
+        nodes=args.nodes,
+        seed=args.seed,
+        config=MembershipConfig.plain_swim() if args.plain_swim else MembershipConfig(),
+        latency=latency.low,
+        jitter=latency.high - latency.low,
+        loss=args.loss,
+        crashed=args.crashed,
+        starved=args.starved,
+        seeds=args.seeds,
+        settle=args.settle,
+        crash_at=args.crash_at,
+        duration=args.duration,
+        encrypted=args.encrypted,
+        stop_when_joined=args.join_only,
+    )
+
+
+def run_membership(args: argparse.Namespace) -> int:
+    """``--membership``: exit status 0 (1 if a crashed node was not failed everywhere, or
+    the join did not converge within the warm-up)."""
+    try:
+        scenario = membership_scenario_from_args(args)
+    except LocalProtocolError as err:
+        args.parser.error(str(err))  # exits 2
+    result = simulate_membership(scenario)
+    if args.json:
+        print(json.dumps(membership_to_dict(result), sort_keys=False))
+    else:
+        print(format_membership(result))
+    ok = result.join_time is not None and all(t is not None for t in result.all_failed)
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> None:
