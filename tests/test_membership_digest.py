@@ -10,9 +10,8 @@ import pytest
 from gossip.membership import MembershipConfig, State
 from gossip.membership.state import Member, MemberTable, member_hash
 from gossip.membership.wire import Ack, Ping, parse_untrusted
+from gossip.sim.membership import Cluster
 from gossip.wire import LABEL_SIZE
-
-from .membership_sim import Cluster
 
 
 def test_the_digest_follows_every_change_of_the_live_members() -> None:
