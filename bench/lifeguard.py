@@ -62,10 +62,26 @@ def _seeds_at(text: str) -> dict[int, int]:
     return out
 
 
-def run_one(task: Task, settle: float, duration: float, crashes: int) -> dict[str, Any]:
-    """One run's record."""
+def run_one(
+    task: Task, settle: float, duration: float, crashes: int, profile: str = "default"
+) -> dict[str, Any]:
+    """One run's record. ``profile``: ``default`` (this project's settings) or
+    ``memberlist`` (memberlist's LAN profile, :meth:`MembershipConfig.memberlist_lan`);
+    plain SWIM is the same profile with the three Lifeguard parts off."""
     nodes, loss, starved, seed, variant = task
-    config = MembershipConfig() if variant == "lifeguard" else MembershipConfig.plain_swim()
+    base: dict[str, Any] = {}
+    if profile == "memberlist":
+        lan = MembershipConfig.memberlist_lan()
+        base = {
+            "suspicion_mult": lan.suspicion_mult,
+            "suspicion_min": lan.suspicion_min,
+            "suspicion_confirmations": lan.suspicion_confirmations,
+            "probe_schedule": lan.probe_schedule,
+            "digest_sync": lan.digest_sync,
+        }
+    config = (
+        MembershipConfig(**base) if variant == "lifeguard" else MembershipConfig.plain_swim(**base)
+    )
     r = simulate(
         MembershipScenario(
             nodes=nodes,
@@ -265,7 +281,7 @@ def _utc() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _work(args: tuple[Task, float, float, int]) -> dict[str, Any]:
+def _work(args: tuple[Task, float, float, int, str]) -> dict[str, Any]:
     return run_one(*args)
 
 
@@ -282,6 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=60.0, help="after the warm-up (s)")
     p.add_argument("--settle", type=float, default=10.0, help="warm-up (s)")
     p.add_argument("--crashes", type=int, default=1, help="nodes crashed per run")
+    p.add_argument(
+        "--profile",
+        choices=("default", "memberlist"),
+        default="default",
+        help="the settings both variants start from: this project's defaults, or "
+        "memberlist's LAN profile",
+    )
     p.add_argument("--out", type=Path, default=Path("lifeguard-grid.json"))
     p.add_argument("--resume", action="store_true", help="skip runs already in --out")
     p.add_argument("--quiet", action="store_true")
@@ -319,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         "settle": args.settle,
         "duration": args.duration,
         "crashes": args.crashes,
+        "profile": args.profile,
         "seeds": {str(n): args.seeds_at.get(n, args.seeds) for n in args.nodes},
         "latency_ms": [1, 3],
         "starved_delay": [0.5, 2.5],
@@ -339,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         _write(args.out, build_report(meta, cells, runs))
 
-    work = [(t, args.settle, args.duration, args.crashes) for t in todo]
+    work = [(t, args.settle, args.duration, args.crashes, args.profile) for t in todo]
     results: Iterator[dict[str, Any]]
     pool = None
     if args.workers > 1:
