@@ -688,3 +688,16 @@ def test_push_pull_entries_merge_as_news_not_verdicts() -> None:
     inject(e0, Leave(0, "n1"))  # a Leave of a suspect: left
     h.collect(a(0))
     assert h.changes(0, "n1")[-1] == "left"
+
+
+def test_a_node_in_poor_local_health_waits_longer_before_a_verdict() -> None:
+    # A node that misses acks is likely the slow one: it stretches its suspicion timeouts by
+    # its health multiplier, as it stretches its probes (plain SWIM: no stretch).
+    for config, stretch in [
+        (MembershipConfig.memberlist_lan(dynamic_suspicion=False), 4.0),
+        (MembershipConfig.memberlist_lan(dynamic_suspicion=False, local_health=False), 1.0),
+    ]:
+        h = Hand(6, config)
+        h.e(0)._awareness.apply(3)
+        inject(h.e(0), Suspect(0, "n5", "n1"))
+        assert h.e(0)._suspicions["n5"].deadline == pytest.approx(4.0 * stretch)

@@ -658,6 +658,12 @@ class Membership(Discovery):
             config.probe_interval,
             config.suspicion_min,
         )
+        # Lifeguard's local health stretches this node's suspicion timeouts too: a node that
+        # misses acks is likely the slow one (it reads the refutation late), so it must not
+        # be the first to declare a member dead. The awareness is 0 (no stretch) when healthy
+        # or when local health is off.
+        stretch = self._awareness.scale(1.0)
+        low, high = low * stretch, high * stretch
         k = config.confirmations_wanted()
         if not config.dynamic_suspicion or n - 2 < k:
             k = 0  # too few members to expect confirmations: the fixed timeout
