@@ -154,3 +154,14 @@ def test_the_grid_runner_on_a_tiny_grid(tmp_path: Path, capsys: pytest.CaptureFi
     assert lifeguard.main([*argv, "--resume"]) == 0
     again = json.loads(out.read_text())
     assert again["runs"] == report["runs"]
+
+
+def test_a_survivor_that_never_heard_of_the_victim_counts_as_agreeing() -> None:
+    """Seed 39, 3 % loss: one node has not heard of node 0 (a seed) when it crashes at 10 s
+    (the join had not converged); it holds it neither alive nor suspect, so the crash is
+    agreed when every other survivor holds it failed."""
+    sc = MembershipScenario(nodes=50, seed=39, loss=0.03, crashes=1, duration=10.0)
+    r = simulate(sc, trace=False)
+    assert r.victims == ("node-0",)
+    assert r.join_time is None
+    assert r.all_failed[0] is not None and r.all_failed[0] < 8.0

@@ -8,7 +8,9 @@ Usage::
     print(result.messages[0].time_to["99.99"], result.per_node_message(result.sent))
 
 ``gossip sim`` is its command line (:mod:`gossip.sim.cli`); :mod:`gossip.sim.theory` has the
-analytical models the results are compared with.
+analytical models the results are compared with. :mod:`gossip.sim.membership` simulates the
+membership engines (SWIM + Lifeguard: joins, crashes, starved nodes; ``gossip sim
+--membership``).
 """
 
 from gossip.sim.core import (

@@ -500,14 +500,16 @@ class _Tracker:
     def joined(self) -> bool:
         return self.join_time is not None
 
-    def crash(self, now: float, victims: Iterable[int]) -> None:
-        for v in victims:
+    def crash(self, now: float, holders: dict[int, set[int]]) -> None:
+        """``holders``: per victim, the survivors that do not hold it alive or suspect
+        already (down, or never heard of: a join not converged yet)."""
+        for v in holders:
             self.victims[v] = now
         self.survivors = self.n - len(self.victims)
-        for v in self.victims:
-            self.holders[v] = {
-                o for o in range(self.n) if o not in self.victims and v in self.down[o]
-            }
+        for v, observers in holders.items():
+            self.holders[v] = set(observers)
+            if len(observers) == self.survivors:
+                self.all_failed[v] = 0.0
 
     def _alive_changed(self, o: int, delta: int) -> None:
         before = self.alive[o]
@@ -577,7 +579,8 @@ class MembershipResult:
             warm-up).
         victims, starved: the crashed and the starved nodes' names.
         first_suspicion: per victim, the first suspicion (or failure) of it anywhere.
-        all_failed: per victim, when every survivor held it failed (``None``: never).
+        all_failed: per victim, when every survivor held it failed or had never heard of
+            it (a join not converged under loss) (``None``: not within the run).
         false_suspicions, false_deaths: ``suspect`` / ``failed`` events (one per observer)
             about nodes that never crashed, by the victim's kind (``starved``, ``healthy``).
         false_suspected, false_dead: how many distinct such nodes, by kind.
@@ -650,7 +653,16 @@ def simulate(scenario: MembershipScenario, *, trace: bool = True) -> MembershipR
         c.run_until(sc.settle + sc.crash_at)
         for v in victims:
             c.crash(v)
-        tracker.crash(c.now, victims)
+        down = (State.DEAD, State.LEFT)
+        holders: dict[int, set[int]] = {}
+        for v in victims:
+            name = c.nodes[v].name
+            holders[v] = set()
+            for node in c.running():
+                info = node.engine.member(name) if node.engine is not None else None
+                if info is None or info.state in down:
+                    holders[v].add(node.index)
+        tracker.crash(c.now, holders)
         c.run_until(sc.settle + sc.duration)
     span = c.now - window_start
     running = n - len(victims) if not sc.stop_when_joined else n
