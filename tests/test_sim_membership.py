@@ -20,6 +20,7 @@ from gossip.sim.cli import main as sim_main
 from gossip.sim.membership import (
     ENCRYPTION_NOTE,
     MembershipScenario,
+    _Tracker,
     format_membership,
     membership_to_dict,
     simulate,
@@ -157,11 +158,16 @@ def test_the_grid_runner_on_a_tiny_grid(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_a_survivor_that_never_heard_of_the_victim_counts_as_agreeing() -> None:
-    """Seed 39, 3 % loss: one node has not heard of node 0 (a seed) when it crashes at 10 s
-    (the join had not converged); it holds it neither alive nor suspect, so the crash is
-    agreed when every other survivor holds it failed."""
-    sc = MembershipScenario(nodes=50, seed=39, loss=0.03, crashes=1, duration=10.0)
-    r = simulate(sc, trace=False)
-    assert r.victims == ("node-0",)
-    assert r.join_time is None
-    assert r.all_failed[0] is not None and r.all_failed[0] < 8.0
+    """A node that has not heard of a crashed node (its join had not converged under loss)
+    holds it neither alive nor suspect: the crash is agreed when every other survivor holds
+    it failed. (On a4196fc seed 39 at 3 % loss was such a run; the engine's join retry and
+    digests since make that seed converge, so the tracker is exercised directly.)"""
+    tracker = _Tracker(5)
+    # Node 0 crashes at 10 s; survivors 1-4; node 4 never heard of it, the others hold it
+    # alive: nothing agreed yet.
+    tracker.crash(10.0, {0: {4}})
+    assert tracker.holders[0] == {4} and 0 not in tracker.all_failed
+    # Had every survivor been unaware of it, the crash would be agreed at once.
+    other = _Tracker(5)
+    other.crash(10.0, {0: {1, 2, 3, 4}})
+    assert other.all_failed[0] == 0.0
