@@ -149,10 +149,9 @@ def _idle_rates(agents: Sequence[Agent], t0: float, t1: float) -> dict[str, Any]
         dt = b["ts"] - a["ts"]
         sent = b["transport"]["datagrams_sent"] - a["transport"]["datagrams_sent"]
         nbytes = b["transport"]["bytes_sent"] - a["transport"]["bytes_sent"]
-        for side in ("stream",):
-            if b.get(side) and a.get(side):
-                sent += b[side]["datagrams_sent"] - a[side]["datagrams_sent"]
-                nbytes += b[side]["bytes_sent"] - a[side]["bytes_sent"]
+        if b.get("stream") and a.get("stream"):  # --stream: TCP counts too
+            sent += b["stream"]["datagrams_sent"] - a["stream"]["datagrams_sent"]
+            nbytes += b["stream"]["bytes_sent"] - a["stream"]["bytes_sent"]
         packets.append(sent / dt)
         octets.append(nbytes / dt)
     return {

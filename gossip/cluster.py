@@ -127,22 +127,18 @@ class Cluster:
         and refused conflicts. One reader; the iteration ends when the node closes. Events
         the reader does not take in time (more than ``events_capacity`` waiting) are
         counted in :attr:`ClusterStatistics.events_overflow`, not kept."""
-        return self._events()
+        return self._receive
 
     @property
     def events_waiting(self) -> int:
         """Events kept for :meth:`events` and not taken yet."""
         return self._receive.statistics().current_buffer_used
 
-    async def _events(self) -> AsyncIterator[ClusterEvent]:
-        async for event in self._receive:
-            yield event
-
     async def join(self, seeds: Iterable[Address] | Discovery) -> int:
         """Exchange full state with each seed (a numeric ``(host, port)``, or every peer of a
         :class:`~gossip.discovery.Discovery`): how a node joins, or rejoins after a
         partition. Returns how many seeds were contacted (this node is skipped)."""
-        addrs = tuple(seeds.gossipiers() if isinstance(seeds, Discovery) else seeds)
+        addrs = _addresses(seeds)
         membership = self.membership
         return await self.node.apply(lambda now: membership.join(addrs, now))
 
@@ -203,6 +199,11 @@ class Cluster:
 _LIVE: Final = (State.ALIVE, State.SUSPECT)
 
 
+def _addresses(seeds: Iterable[Address] | Discovery) -> tuple[Address, ...]:
+    """Seed addresses, from a list or asked once of a Discovery."""
+    return tuple(seeds.gossipiers() if isinstance(seeds, Discovery) else seeds)
+
+
 def _metadata(metadata: bytes | Mapping[str, str]) -> bytes:
     if isinstance(metadata, bytes | bytearray):
         return bytes(metadata)
@@ -257,7 +258,7 @@ async def open_cluster(
     if not leave_timeout >= 0 or math.isinf(leave_timeout):
         raise LocalProtocolError("leave_timeout must be a finite number >= 0")
     meta = _metadata(metadata)
-    addrs = tuple(seeds.gossipiers() if isinstance(seeds, Discovery) else seeds)
+    addrs = _addresses(seeds)
     members = _Members()
     made: list[Membership] = []
 
